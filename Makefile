@@ -1,0 +1,43 @@
+# `make demo` and `make test` set everything up from a fresh clone (Python 3.11 on PATH).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+# CPU default. On a CUDA machine: make setup TORCH="torch==2.13.0 torchvision==0.28.0" TORCH_INDEX=<cuda wheel index>
+TORCH ?= torch==2.13.0
+TORCHVISION ?= torchvision==0.28.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= output/demo
+DATA ?= datasets
+
+.PHONY: setup demo test bench compare clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) $(TORCH)
+	# torchvision/fastreid metadata pin other torch builds: install them without dependencies
+	$(PIP) --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),) $(TORCHVISION)
+	$(PIP) --no-deps fastreid==1.4.0
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
+	$(PY) -m plugins.compat --build-cython
+	touch $@
+
+demo: setup
+	$(PY) -m datasets_ext.synthetic.generate --root $(DATA) --preset default
+	$(PY) train_net.py --config-file configs/Synthetic/baseline.yml OUTPUT_DIR $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q -x --durations=15
+
+bench: setup
+	$(PY) -m plugins.bench
+
+compare: setup
+	$(PY) -m plugins.compare --out output/compare
+
+clean-venv:
+	rm -rf $(VENV)

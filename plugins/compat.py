@@ -1,0 +1,276 @@
+"""Every compatibility shim this toolbox needs for fastreid 1.4.0, in one place.
+
+fastreid 1.4.0 targets Python 3.7 / torch 1.13 / numpy 1 / CUDA. Each shim below first checks that
+its problem is present and is a no-op otherwise, so a healthy stack runs fastreid untouched.
+`apply()` is idempotent and is called by ``import plugins``; `APPLIED` lists what was patched.
+
+Run ``python -m plugins.compat --build-cython`` to build fastreid's Cython rank evaluator.
+"""
+import collections
+import collections.abc
+import importlib
+import logging
+import subprocess
+import sys
+import types
+import warnings
+
+logger = logging.getLogger(__name__)
+APPLIED = []  # names of the shims that were needed on this stack
+
+
+def _mark(name):
+    if name not in APPLIED:
+        APPLIED.append(name)
+
+
+# ---------------------------------------------------------------- import-time blockers
+def fix_collections_aliases():
+    """`from collections import Mapping` (fastreid data/build.py, evaluation/testing.py): removed in 3.10."""
+    for name in ("Mapping", "Sequence", "Iterable", "MutableMapping"):
+        if not hasattr(collections, name):
+            setattr(collections, name, getattr(collections.abc, name))
+            _mark("collections_aliases")
+
+
+def fix_torch_six():
+    """`from torch._six import string_classes` (fastreid data/build.py): module removed in torch 2."""
+    try:
+        importlib.import_module("torch._six")
+    except ImportError:
+        six = types.ModuleType("torch._six")
+        six.string_classes = (str, bytes)
+        six.int_classes = int
+        six.inf = float("inf")
+        sys.modules["torch._six"] = six
+        _mark("torch_six")
+
+
+def fix_torchvision_cuda_wheel():
+    """The torchvision 0.28 wheel is a CUDA build: with CPU torch its `_C` ops are missing and
+    `_meta_registrations` raises at import. fastreid only needs transforms/models, which work
+    once those meta registrations are skipped (torchvision.ops stays unusable)."""
+    if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "transforms"):
+        return
+    try:
+        importlib.import_module("torchvision")
+        return
+    except RuntimeError as e:
+        if "torchvision::" not in str(e):
+            raise
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[mod]
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
+    importlib.import_module("torchvision")
+    _mark("torchvision_cuda_wheel")
+
+
+def fix_numpy_bool():
+    """`np.bool` (fastreid evaluation/rank.py, cuhk03 metric) is missing in numpy 1.24-1.26."""
+    import numpy as np
+    if not hasattr(np, "bool"):
+        np.bool = np.bool_
+        _mark("numpy_bool")
+
+
+# ---------------------------------------------------------------- runtime blockers
+class _NumpyCopyFalse(types.ModuleType):
+    """numpy proxy whose `array(..., copy=False)` means "copy if needed" (numpy 1 semantics)."""
+
+    def __init__(self, np):
+        super().__init__("numpy")
+        self._np = np
+
+    def __getattr__(self, item):
+        return getattr(self._np, item)
+
+    def array(self, obj, *args, copy=True, **kwargs):
+        if copy is False:
+            return self._np.asarray(obj, *args, **kwargs)
+        return self._np.array(obj, *args, copy=copy, **kwargs)
+
+
+def fix_numpy2_copy_false():
+    """numpy 2 raises on `np.array(x, copy=False)` when a copy is needed: fastreid's `to_tensor`
+    does that for PIL modes 'I', 'I;16', 'F' and '1'."""
+    import numpy as np
+    from fastreid.data.transforms import functional
+    if int(np.__version__.split(".")[0]) >= 2 and functional.np is np:
+        functional.np = _NumpyCopyFalse(np)
+        _mark("numpy2_copy_false")
+
+
+def _cuda():
+    import torch
+    return torch.cuda.is_available()
+
+
+def fix_dataloaderx_cpu():
+    """`DataLoaderX` creates CUDA streams and calls `torch.cuda.set_device`: on a CPU-only
+    machine it is replaced by a plain prefetch-free `DataLoader` with the same signature."""
+    if _cuda():
+        return
+    import torch
+    from fastreid.data import build, data_utils
+
+    if getattr(data_utils.DataLoaderX, "_cpu_shim", False):
+        return
+
+    class CPUDataLoaderX(torch.utils.data.DataLoader):
+        _cpu_shim = True
+
+        def __init__(self, local_rank, **kwargs):
+            kwargs["pin_memory"] = False
+            super().__init__(**kwargs)
+            self.local_rank = local_rank
+
+    data_utils.DataLoaderX = CPUDataLoaderX
+    build.DataLoaderX = CPUDataLoaderX
+    _mark("dataloaderx_cpu")
+
+
+def fix_test_loader_workers():
+    """`build_reid_test_loader` hard-codes 4 workers: use cfg.DATALOADER.NUM_WORKERS instead."""
+    import inspect
+    from fastreid.data import build
+    fn = build._test_loader_from_config
+    if getattr(fn, "_workers_shim", False) or "num_workers" in inspect.getsource(fn):
+        return
+
+    def _test_loader_from_config(cfg, **kwargs):
+        ret = fn(cfg, **kwargs)
+        ret.setdefault("num_workers", cfg.DATALOADER.NUM_WORKERS)
+        return ret
+
+    _test_loader_from_config._workers_shim = True
+    build._test_loader_from_config = _test_loader_from_config
+    # `configurable` captured the old from_config in a closure: rebuild the public function.
+    from fastreid.config import configurable
+    orig = build.build_reid_test_loader.__wrapped__
+    build.build_reid_test_loader = configurable(from_config=_test_loader_from_config)(orig)
+    import fastreid.data as fdata
+    fdata.build_reid_test_loader = build.build_reid_test_loader
+    import fastreid.engine.defaults as defaults
+    defaults.build_reid_test_loader = build.build_reid_test_loader
+    _mark("test_loader_workers")
+
+
+def fix_amp_on_cpu():
+    """`AMPTrainer` asserts CUDA: without CUDA, DefaultTrainer falls back to fp32 with a warning."""
+    if _cuda():
+        return
+    from fastreid.engine import defaults, train_loop
+    if getattr(defaults.AMPTrainer, "_cpu_shim", False):
+        return
+
+    class AMPFallbackTrainer(train_loop.SimpleTrainer):
+        _cpu_shim = True
+
+        def __init__(self, model, data_loader, optimizer, param_wrapper, grad_scaler=None):
+            warnings.warn("SOLVER.AMP.ENABLED but CUDA is not available: training in fp32.")
+            super().__init__(model, data_loader, optimizer, param_wrapper)
+            self.grad_scaler = None
+
+    defaults.AMPTrainer = AMPFallbackTrainer
+    _mark("amp_on_cpu")
+
+
+def _faiss_has_gpu():
+    import faiss
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def fix_jaccard_cpu_faiss():
+    """`build_dist(metric="jaccard")` hard-codes `search_option=0` (GPU faiss): use CPU faiss
+    (search_option=3) when faiss has no GPU."""
+    if _faiss_has_gpu():
+        return
+    from fastreid.utils import compute_dist
+    fn = compute_dist.compute_jaccard_distance
+    if getattr(fn, "_cpu_shim", False):
+        return
+
+    def compute_jaccard_distance(features, k1=20, k2=6, search_option=0, fp16=False):
+        return fn(features.cpu(), k1=k1, k2=k2, search_option=3, fp16=fp16)
+
+    compute_jaccard_distance._cpu_shim = True
+    compute_dist.compute_jaccard_distance = compute_jaccard_distance
+    _mark("jaccard_cpu_faiss")
+
+
+def cython_rank_available():
+    try:
+        importlib.import_module("fastreid.evaluation.rank_cylib.rank_cy")
+        return True
+    except ImportError:
+        return False
+
+
+def build_cython():
+    """Build fastreid's Cython rank evaluator in place with this interpreter. Returns success."""
+    import os
+    from fastreid.evaluation import rank_cylib
+    path = os.path.dirname(os.path.abspath(rank_cylib.__file__))
+    ret = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if ret.returncode != 0:
+        logger.warning("building fastreid's Cython rank evaluator failed:\n%s", ret.stdout[-2000:])
+        return False
+    importlib.invalidate_caches()
+    return cython_rank_available()
+
+
+def fix_cython_compile_exit():
+    """A missing Cython build makes ReidEvaluator run `make` with whatever python3 is on PATH and
+    `sys.exit(1)` on failure: build with this interpreter, or fall back to Python ranking."""
+    if cython_rank_available():
+        return
+    from fastreid.evaluation import rank_cylib, reid_evaluation
+
+    def compile_helper():
+        if not build_cython():
+            warnings.warn("Cython rank evaluator unavailable: using fastreid's Python ranking.")
+
+    rank_cylib.compile_helper = compile_helper
+    reid_evaluation.compile_helper = compile_helper
+    _mark("cython_compile_exit")
+
+
+def fix_model_device(cfg):
+    """`MODEL.DEVICE` defaults to "cuda": run on CPU when CUDA is absent."""
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not _cuda():
+        frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        if frozen:
+            cfg.freeze()
+        _mark("model_device")
+    return cfg
+
+
+IMPORT_FIXES = (fix_collections_aliases, fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
+RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
+                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit)
+
+
+def apply():
+    for fix in IMPORT_FIXES:
+        fix()
+    importlib.import_module("fastreid")
+    for fix in RUNTIME_FIXES:
+        fix()
+    return list(APPLIED)
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--build-cython", action="store_true", help="build the Cython rank evaluator")
+    args = parser.parse_args()
+    for fix in IMPORT_FIXES:
+        fix()
+    if args.build_cython:
+        ok = cython_rank_available() or build_cython()
+        print("fastreid Cython rank evaluator:", "available" if ok else "NOT available (Python fallback)")
+        sys.exit(0 if ok else 1)
+    print("shims needed on this stack:", apply())
