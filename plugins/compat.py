@@ -236,6 +236,33 @@ def fix_cython_compile_exit():
     _mark("cython_compile_exit")
 
 
+def fix_launch_cpu():
+    """fastreid's `launch` asserts CUDA and uses NCCL: without CUDA, worker processes join a gloo
+    group on CPU (multi-process DDP for tests and CPU-only machines)."""
+    if _cuda():
+        return
+    launch_mod = importlib.import_module("fastreid.engine.launch")
+    if getattr(launch_mod._distributed_worker, "_cpu_shim", False):
+        return
+
+    def _distributed_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args):
+        import torch.distributed as dist
+        from fastreid.utils import comm
+        apply()  # spawned workers start a fresh interpreter
+        rank = machine_rank * num_per_machine + local_rank
+        dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=rank)
+        for i in range(world_size // num_per_machine):
+            group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
+            if i == machine_rank:
+                comm._LOCAL_PROCESS_GROUP = group
+        comm.synchronize()
+        main_func(*args)
+
+    _distributed_worker._cpu_shim = True
+    launch_mod._distributed_worker = _distributed_worker
+    _mark("launch_cpu_gloo")
+
+
 def fix_model_device(cfg):
     """`MODEL.DEVICE` defaults to "cuda": run on CPU when CUDA is absent."""
     if str(cfg.MODEL.DEVICE).startswith("cuda") and not _cuda():
@@ -250,7 +277,7 @@ def fix_model_device(cfg):
 
 IMPORT_FIXES = (fix_collections_aliases, fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
-                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit)
+                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu)
 
 
 def apply():

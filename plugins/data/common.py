@@ -1,0 +1,53 @@
+"""Dataset returning every label a DG method needs: identity, camera, domain, time, extras."""
+import torch
+from fastreid.data.common import CommDataset
+from fastreid.data.data_utils import read_image
+
+from .transforms import PairedTransform
+
+
+def read_image_or_fail(path):
+    """fastreid's reader, with the offending file named when an image cannot be decoded."""
+    try:
+        return read_image(path)
+    except Exception as e:  # PIL raises several types; all mean the same to the user
+        raise OSError(f"cannot read image '{path}': {e}") from e
+
+
+class DGCommDataset(CommDataset):
+    """Items `(path, pid, camid, extras)` (3-tuples accepted) with `extras["domain"]` set by the
+    builder. `label_sources`: name -> callable(path) giving an HxW map (if `dense` is true on the
+    callable; transformed with the image) or any array/number (returned as a tensor)."""
+
+    def __init__(self, img_items, transform=None, relabel=True, label_sources=None):
+        items = [tuple(i) if len(i) > 3 else (*i, {}) for i in img_items]
+        super().__init__(items, transform, relabel)
+        self.label_sources = dict(label_sources or {})
+        dense = any(getattr(fn, "dense", False) for fn in self.label_sources.values())
+        self.paired = PairedTransform(transform) if dense and transform is not None else None
+        self.domains = sorted({i[3].get("domain", 0) for i in items})
+
+    def __getitem__(self, index):
+        path, pid, camid, extras = self.img_items[index]
+        img = read_image_or_fail(path)
+        dense = {k: fn(path) for k, fn in self.label_sources.items() if getattr(fn, "dense", False)}
+        if self.paired is not None:
+            img, dense = self.paired(img, dense)
+        elif self.transform is not None:
+            img = self.transform(img)
+        if self.relabel:
+            pid, camid = self.pid_dict[pid], self.cam_dict[camid]
+        out = {
+            "images": img, "targets": pid, "camids": camid,
+            "domains": int(extras.get("domain", 0)), "timeids": int(extras.get("timeid", -1)),
+            "img_paths": path, "index": index,
+        }
+        out.update(dense)
+        for k, fn in self.label_sources.items():
+            if not getattr(fn, "dense", False):
+                out[k] = torch.as_tensor(fn(path))
+        return out
+
+    @property
+    def num_domains(self):
+        return len(self.domains)

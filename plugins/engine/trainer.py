@@ -1,0 +1,197 @@
+"""DGTrainer: fastreid's DefaultTrainer with the hook points every DG method needs.
+
+fastreid builds its step object inline in `DefaultTrainer.__init__`, so this class re-does that
+constructor with factories a project overrides (all classmethods unless noted):
+  build_model, build_optimizers (several optimizers, per-prefix LR multipliers),
+  build_train_loader, build_extra_loaders (e.g. target-domain batches),
+  build_schedule (alternating phases, instance method), build_extra_hooks (offline stages such as
+  clustering, instance method), and `test` (several targets, 10-split protocols, test-time adaptation).
+Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks)
+goes into the checkpoint, so `--resume` continues from the last saved epoch in the same state.
+"""
+import copy
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from fastreid.engine import DefaultTrainer, hooks
+from fastreid.engine.train_loop import TrainerBase
+from fastreid.evaluation import inference_on_dataset
+from fastreid.modeling.meta_arch import build_model
+from fastreid.solver import build_lr_scheduler
+from fastreid.utils import comm
+from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.events import CommonMetricPrinter, JSONWriter
+
+from datasets_ext.bases import expand_test_names
+from plugins.data.build import build_dg_test_loader, build_dg_train_loader
+from plugins.registry import TEST_ADAPTERS, TRAINER_REGISTRY
+
+from .optim import build_optimizer
+from .step import DGStep
+
+logger = logging.getLogger(__name__)
+
+
+@TRAINER_REGISTRY.register()
+class DGTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        data_loader = self.build_train_loader(cfg)
+        cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
+        self.cfg = cfg
+        model = self.build_model(cfg)
+        optimizers = self.build_optimizers(cfg, model)
+        if comm.get_world_size() > 1:
+            # The step averages gradients itself (after gradient surgery needs them per objective),
+            # so DDP only keeps the replicas' buffers and start state in sync.
+            ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
+        self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
+        self.schedule = self.build_schedule(cfg)
+        self._trainer = DGStep(cfg, model, data_loader, optimizers,
+                               self.build_extra_loaders(cfg), self.schedule)
+        self.schedulers = {k: self.build_lr_scheduler(cfg, opt, self.iters_per_epoch)
+                           for k, opt in optimizers.items()}
+        self.scheduler = self.schedulers["main"]
+        self.extra_hooks = self.build_extra_hooks(cfg)
+        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+                                         **self._checkpointables())
+        self.start_epoch = 0
+        self.max_epoch = cfg.SOLVER.MAX_EPOCH
+        self.max_iter = self.max_epoch * self.iters_per_epoch
+        self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
+        self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
+        self.register_hooks(self.build_hooks())
+
+    # ------------------------------------------------------------------ factories
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        logger.info("Model:\n{}".format(model))
+        return model
+
+    @classmethod
+    def build_optimizers(cls, cfg, model):
+        """{name: optimizer}; "main" is required. Override to add e.g. a discriminator's."""
+        return {"main": build_optimizer(cfg, model)}
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer, iters_per_epoch):
+        return build_lr_scheduler(cfg, optimizer, max(iters_per_epoch, 1))
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_dg_train_loader(cfg)
+
+    @classmethod
+    def build_extra_loaders(cls, cfg):
+        """{name: loader}: each step also draws one batch from each, in `data["extra"][name]`."""
+        return {}
+
+    def build_schedule(self, cfg):
+        """None (one phase updating everything) or a plugins.engine.schedule.AlternatingSchedule."""
+        return None
+
+    def build_extra_hooks(self, cfg):
+        """Hooks run before evaluation and checkpointing (e.g. periodic clustering)."""
+        return []
+
+    @property
+    def optimizers(self):
+        return self._trainer.optimizers
+
+    def _checkpointables(self):
+        state = {"optimizer": self.optimizers["main"]}
+        state.update({f"optimizer_{k}": v for k, v in self.optimizers.items() if k != "main"})
+        for name, sched in self.schedulers.items():
+            suffix = "" if name == "main" else f"_{name}"
+            state.update({f"{k}{suffix}": v for k, v in sched.items()})
+        if self._trainer.grad_scaler is not None:
+            state["grad_scaler"] = self._trainer.grad_scaler
+        if self.schedule is not None:
+            state["schedule"] = self.schedule
+        for h in self.extra_hooks:
+            if hasattr(h, "state_dict"):
+                state[f"hook_{type(h).__name__}"] = h
+        return state
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [hooks.IterationTimer()]
+        ret += [hooks.LRScheduler(opt, self.schedulers[k]) for k, opt in self.optimizers.items()]
+        if self.schedule is not None:
+            ret.append(self.schedule)
+        ret += list(self.extra_hooks)
+        if cfg.TEST.PRECISE_BN.ENABLED and hooks.get_bn_modules(self.model):
+            pcfg = cfg.clone()
+            pcfg.defrost()
+            pcfg.DATALOADER.NUM_WORKERS = 0
+            pcfg.DATASETS.NAMES = (cfg.TEST.PRECISE_BN.DATASET,)
+            ret.append(hooks.PreciseBN(self.model, build_dg_train_loader(pcfg), cfg.TEST.PRECISE_BN.NUM_ITER))
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.model)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), 20))
+        return ret
+
+    def build_writers(self):
+        writers = [CommonMetricPrinter(self.max_iter),
+                   JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        try:
+            from fastreid.utils.events import TensorboardXWriter
+            import torch.utils.tensorboard  # noqa: F401
+            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
+        except ImportError:
+            pass
+        return writers
+
+    # ------------------------------------------------------------------ evaluation
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_dir=None, **dataset_kwargs):
+        from plugins.evaluation import DGReidEvaluator
+        data_loader, num_query = build_dg_test_loader(cfg, dataset_name, **dataset_kwargs)
+        return data_loader, DGReidEvaluator(cfg, num_query, output_dir)
+
+    @classmethod
+    def test(cls, cfg, model):
+        """Evaluate every target of DATASETS.TESTS (each split of multi-split ones), log the table
+        and write per-split and aggregated results to OUTPUT_DIR/TEST.RESULTS_JSON."""
+        from plugins.evaluation import report
+        adapter = TEST_ADAPTERS.get(cfg.TEST.ADAPT.NAME)(cfg) if cfg.TEST.ADAPT.NAME else None
+        per_split = OrderedDict()
+        for target, display, name, kwargs in expand_test_names(cfg.DATASETS.TESTS):
+            logger.info(f"Evaluating {display}")
+            data_loader, evaluator = cls.build_evaluator(cfg, name, **kwargs)
+            if adapter is not None:   # works on a copy: the trained weights are never touched
+                results = adapter.evaluate(model, data_loader, evaluator)
+            else:
+                results = inference_on_dataset(model, data_loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED)
+            per_split[display] = dict(results)
+        if not comm.is_main_process():
+            return {}
+        summary = report.aggregate(per_split)
+        logger.info("DG evaluation:\n" + report.format_table(summary))
+        if cfg.OUTPUT_DIR:
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            report.write_json(os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_JSON), per_split, summary)
+        results = OrderedDict((t, {k: v for k, v in m.items() if isinstance(v, float)})
+                              for t, m in summary.items())
+        return results[next(iter(results))] if len(results) == 1 else results
+
+
+def build_trainer(cfg):
+    return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+
+
+def copy_for_eval(model):
+    """A detached copy of the (unwrapped) model for test-time adaptation."""
+    m = model.module if hasattr(model, "module") else model
+    return copy.deepcopy(m)

@@ -1,0 +1,6 @@
+"""Registries of the toolbox's own pluggable pieces (fastreid's registries hold the rest)."""
+from fastreid.utils.registry import Registry
+
+TRAINER_REGISTRY = Registry("TRAINER")          # DefaultTrainer subclasses, named by TRAINER.NAME
+GRAD_COMBINERS = Registry("GRAD_COMBINER")      # SOLVER.GRAD_COMBINE.NAME
+TEST_ADAPTERS = Registry("TEST_ADAPTER")        # TEST.ADAPT.NAME

@@ -1,0 +1,216 @@
+"""Each fastreid shim: the problem is real without it (fresh interpreter), fixed with it, and the
+shim is a no-op when its problem is absent."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import plugins  # noqa: F401
+from plugins import compat
+
+
+# Loads plugins/compat.py standalone, so `compat` exists but nothing is applied (importing the
+# `plugins` package would apply every shim).
+PRELUDE = f"""
+import importlib.util
+_spec = importlib.util.spec_from_file_location("compat", {compat.__file__!r})
+compat = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compat)
+"""
+
+
+def run_py(code):
+    code = PRELUDE + textwrap.dedent(code).replace("from plugins import compat\n", "")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+IMPORT_FIXES = ["fix_collections_aliases", "fix_torch_six", "fix_torchvision_cuda_wheel"]
+
+
+@pytest.mark.parametrize("skipped", IMPORT_FIXES)
+def test_each_import_fix_is_needed(skipped):
+    code = f"""
+        from plugins import compat
+        for f in compat.IMPORT_FIXES:
+            if f.__name__ != "{skipped}":
+                f()
+        import fastreid.data, fastreid.evaluation.testing
+    """
+    rc, out = run_py(code)
+    assert rc != 0, f"fastreid imported although {skipped} was skipped"
+
+
+def test_import_fixes_together_let_fastreid_import():
+    rc, out = run_py("""
+        import plugins, fastreid.data, fastreid.engine, fastreid.evaluation
+        print(sorted(plugins.compat.APPLIED))
+    """)
+    assert rc == 0, out
+
+
+def test_numpy_bool_restored_when_missing():
+    rc, out = run_py("""
+        import numpy as np
+        b = np.bool
+        del np.bool
+        from plugins import compat
+        compat.fix_numpy_bool()
+        assert np.bool is np.bool_
+        print("restored", "numpy_bool" in compat.APPLIED)
+    """)
+    assert rc == 0 and "restored True" in out, out
+    rc, out = run_py("""
+        from plugins import compat
+        compat.fix_numpy_bool(); print("applied", "numpy_bool" in compat.APPLIED)
+    """)
+    assert "applied False" in out, out   # numpy 2 has np.bool: no-op
+
+
+def test_to_tensor_numpy2_copy_false():
+    import numpy as np
+    from PIL import Image
+    from fastreid.data.transforms.functional import to_tensor
+    img16 = Image.fromarray(np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000)
+    assert to_tensor(img16).shape == (1, 3, 4)
+    binary = Image.fromarray(np.eye(4, dtype=bool))
+    assert to_tensor(binary).sum() == 4 * 255
+    rc, out = run_py("""
+        import numpy as np
+        from PIL import Image
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        from fastreid.data.transforms.functional import to_tensor
+        to_tensor(Image.fromarray(np.eye(4, dtype=bool)))
+    """)
+    assert rc != 0 and "copy" in out, out
+
+
+def _toy_loader_code(with_shim):
+    return f"""
+        import torch
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        if {with_shim}: compat.fix_dataloaderx_cpu()
+        from fastreid.data.build import build_reid_train_loader
+        from fastreid.data.samplers import TrainingSampler
+        class DS(torch.utils.data.Dataset):
+            def __len__(self): return 8
+            def __getitem__(self, i): return {{"images": torch.zeros(3), "targets": i}}
+        loader = build_reid_train_loader(train_set=DS(), sampler=TrainingSampler(8), total_batch_size=4)
+        print(next(iter(loader))["images"].shape)
+    """
+
+
+def test_dataloaderx_on_cpu():
+    rc, out = run_py(_toy_loader_code(False))
+    assert rc != 0, out
+    rc, out = run_py(_toy_loader_code(True))
+    assert rc == 0 and "torch.Size([4, 3])" in out, out
+
+
+def test_test_loader_workers_follow_config():
+    from fastreid.config import get_cfg
+    from fastreid.data import build
+    cfg = get_cfg()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    assert build._test_loader_from_config(cfg, test_set=[1, 2], num_query=1)["num_workers"] == 0
+    rc, out = run_py("""
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        from fastreid.config import get_cfg
+        from fastreid.data import build
+        cfg = get_cfg(); cfg.DATALOADER.NUM_WORKERS = 0
+        print("workers" , build._test_loader_from_config(cfg, test_set=[1], num_query=1).get("num_workers"))
+    """)
+    assert "workers None" in out, out   # without the shim the loader falls back to 4 workers
+
+
+def test_amp_trainer_falls_back_to_fp32_on_cpu():
+    import torch
+    from fastreid.engine import defaults
+    model = torch.nn.Linear(2, 1)
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = model
+
+        def forward(self, data):
+            return {"loss": self.lin(data).pow(2).mean()}
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="fp32"):
+        trainer = defaults.AMPTrainer(M(), [torch.ones(4, 2)] * 3, opt, None)
+    from fastreid.utils.events import EventStorage
+    before = model.weight.detach().clone()
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    assert not torch.equal(before, model.weight)
+
+
+def test_jaccard_distance_on_cpu_faiss():
+    import torch
+    from fastreid.utils.compute_dist import build_dist
+    feat = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
+    dist = build_dist(feat, feat, metric="jaccard", k1=5, k2=2)
+    assert dist.shape == (30, 30)
+    assert abs(float(dist[0, 0])) < 1e-5
+    rc, out = run_py("""
+        import torch
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        from fastreid.utils.compute_dist import build_dist
+        build_dist(torch.randn(20, 4), torch.randn(20, 4), metric="jaccard", k1=5, k2=2)
+    """)
+    assert rc != 0, out
+
+
+def test_missing_cython_build_falls_back_without_exit():
+    code = """
+        import sys
+        sys.modules["fastreid.evaluation.rank_cylib.rank_cy"] = None   # simulate: never built
+        from plugins import compat
+        compat.build_cython = lambda: False                          # and building fails
+        for f in compat.IMPORT_FIXES: f()
+        import fastreid
+        if {shim}: compat.fix_cython_compile_exit()
+        else: import fastreid.evaluation.rank_cylib as r; r.compile_helper = lambda: sys.exit(1)
+        from fastreid.config import get_cfg
+        from fastreid.evaluation.reid_evaluation import ReidEvaluator
+        import warnings; warnings.simplefilter("ignore")
+        ReidEvaluator(get_cfg(), 1)
+        print("evaluator built")
+    """
+    rc, out = run_py(code.format(shim=True))
+    assert rc == 0 and "evaluator built" in out, out
+    rc, out = run_py(code.format(shim=False))
+    assert rc != 0, out
+
+
+def test_model_device_falls_back_to_cpu():
+    from fastreid.config import get_cfg
+    cfg = get_cfg()
+    assert cfg.MODEL.DEVICE == "cuda"
+    compat.fix_model_device(cfg)
+    assert cfg.MODEL.DEVICE == "cpu"
+
+
+def test_shims_are_noops_on_a_healthy_stack():
+    """Pretend CUDA and GPU faiss exist: the CUDA-related shims must leave fastreid untouched."""
+    rc, out = run_py("""
+        import torch, faiss
+        torch.cuda.is_available = lambda: True
+        faiss.StandardGpuResources = object; faiss.get_num_gpus = lambda: 1
+        compat.apply()
+        from fastreid.data import data_utils
+        from fastreid.config import get_cfg
+        cfg = get_cfg(); compat.fix_model_device(cfg)
+        print(sorted(compat.APPLIED), data_utils.DataLoaderX.__module__, cfg.MODEL.DEVICE)
+    """)
+    assert rc == 0, out
+    for name in ("dataloaderx_cpu", "amp_on_cpu", "jaccard_cpu_faiss", "launch_cpu_gloo", "model_device"):
+        assert name not in out, out
+    assert "fastreid.data.data_utils cuda" in out

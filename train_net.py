@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Train / evaluate any project of this toolbox with fastreid's command line:
+
+    python train_net.py --config-file projects/PAOA/configs/Synthetic/paoa.yml [--eval-only] [--resume]
+                        [--num-gpus N] [--num-machines M --machine-rank R --dist-url URL] [KEY VALUE ...]
+
+Every project under projects/ is discovered (its package imported, its config keys added); the
+config's TRAINER.NAME picks the trainer. Without CUDA it runs on CPU (multi-process: gloo).
+"""
+import sys
+
+import plugins  # noqa: F401  (applies the fastreid compatibility shims first)
+import datasets_ext  # noqa: F401  (registers the datasets)
+from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.env import seed_all_rng
+
+from plugins.compat import fix_model_device
+from plugins.config import get_dg_cfg
+from plugins.engine import TRAINER_REGISTRY
+
+
+def setup(args):
+    cfg = get_dg_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    fix_model_device(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        from fastreid.utils import comm
+        seed_all_rng(cfg.SEED + comm.get_rank())
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    trainer_cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise SystemExit("--eval-only needs MODEL.WEIGHTS (a checkpoint, e.g. OUTPUT_DIR/model_final.pth)")
+        cfg.defrost()
+        cfg.MODEL.BACKBONE.PRETRAIN = False
+        cfg.freeze()
+        model = trainer_cls.build_model(cfg)
+        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        return trainer_cls.test(cfg, model)
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv=None):
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])
