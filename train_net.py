@@ -12,23 +12,35 @@ import sys
 import plugins  # noqa: F401  (applies the fastreid compatibility shims first)
 import datasets_ext  # noqa: F401  (registers the datasets)
 from fastreid.engine import default_argument_parser, default_setup, launch
+from fastreid.utils import comm
 from fastreid.utils.checkpoint import Checkpointer
+from fastreid.utils.logger import setup_logger
 from fastreid.utils.env import seed_all_rng
 
 from plugins.compat import fix_model_device
 from plugins.config import get_dg_cfg
 from plugins.engine import TRAINER_REGISTRY
+from plugins.projects import project_packages
+
+LOGGED_PACKAGES = ["plugins", "datasets_ext"] + [name for _, name in project_packages()]
 
 
 def setup(args):
     cfg = get_dg_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError) as e:   # yacs: KeyError from files, assert from the command line
+        if "Non-existent" not in str(e):
+            raise
+        raise KeyError(f"{e} (in {args.config_file} or the command line). Valid keys: fastreid's "
+                       "defaults, plugins/config.py and each project's config.py") from None
     fix_model_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    for name in LOGGED_PACKAGES:   # fastreid only sets up its own logger
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
     if cfg.SEED >= 0:
-        from fastreid.utils import comm
         seed_all_rng(cfg.SEED + comm.get_rank())
     return cfg
 

@@ -4,3 +4,4 @@ from .optim import build_optimizer, param_groups
 from .schedule import AlternatingSchedule, Stage
 from .step import TRAIN, DGStep, Phase, SumCombiner, Update
 from .trainer import DGTrainer, build_trainer, copy_for_eval
+from .tta import TestTimeAdapter

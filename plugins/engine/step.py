@@ -22,7 +22,7 @@ from fastreid.engine.train_loop import SimpleTrainer
 from fastreid.utils import comm
 from fastreid.utils.events import get_event_storage
 
-from plugins.registry import GRAD_COMBINERS
+from plugins.registry import GRAD_COMBINERS, register_as
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Phase(NamedTuple):
 TRAIN = Phase("train", (Update(("main",)),))
 
 
-@GRAD_COMBINERS.register()
+@register_as(GRAD_COMBINERS, "sum")
 class SumCombiner:
     """No calibration: the objectives' gradients are added (Table 5, design a)."""
 
@@ -59,7 +59,7 @@ def check_finite(loss_dict, iteration):
     """Stop training on a non-finite loss term, naming it (one host sync for all terms)."""
     values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()])
     if not bool(torch.isfinite(values).all()):
-        bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all()}
+        bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v.detach()).all()}
         raise FloatingPointError(f"non-finite loss at iteration {iteration}: " +
                                  ", ".join(f"'{k}' = {v}" for k, v in bad.items()))
 

@@ -17,7 +17,6 @@ from collections import OrderedDict
 import torch
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import TrainerBase
-from fastreid.evaluation import inference_on_dataset
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_lr_scheduler
 from fastreid.utils import comm
@@ -30,6 +29,7 @@ from plugins.registry import TEST_ADAPTERS, TRAINER_REGISTRY
 
 from .optim import build_optimizer
 from .step import DGStep
+from .tta import run_inference
 
 logger = logging.getLogger(__name__)
 
@@ -173,17 +173,15 @@ class DGTrainer(DefaultTrainer):
             if adapter is not None:   # works on a copy: the trained weights are never touched
                 results = adapter.evaluate(model, data_loader, evaluator)
             else:
-                results = inference_on_dataset(model, data_loader, evaluator, flip_test=cfg.TEST.FLIP.ENABLED)
+                results = run_inference(model, data_loader, evaluator, flip=cfg.TEST.FLIP.ENABLED)
             per_split[display] = dict(results)
         if not comm.is_main_process():
             return {}
-        summary = report.aggregate(per_split)
-        logger.info("DG evaluation:\n" + report.format_table(summary))
+        summary = report.aggregate_splits(per_split)
+        logger.info("DG evaluation (mean ± std over splits):\n" + report.format_results_table(per_split))
         if cfg.OUTPUT_DIR:
-            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-            report.write_json(os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_JSON), per_split, summary)
-        results = OrderedDict((t, {k: v for k, v in m.items() if isinstance(v, float)})
-                              for t, m in summary.items())
+            report.write_results_json(per_split, os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_JSON))
+        results = OrderedDict((t, dict(a["mean"])) for t, a in summary.items())
         return results[next(iter(results))] if len(results) == 1 else results
 
 

@@ -1,0 +1,19 @@
+"""Evaluation engine: exact chunked ReID ranking, DG evaluator, re-ranking, multi-split reports.
+
+`bench` and `rank_list` are commands (python -m plugins.evaluation.bench / .rank_list).
+"""
+import plugins  # noqa: F401  (fastreid shims before any fastreid import)
+
+from .config import add_evaluation_config
+from .dg_evaluator import DGReidEvaluator
+from .rank import (DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn,
+                   evaluate_rank_distmat, feature_dist_fn)
+from .report import AVERAGE, aggregate_splits, format_results_table, write_results_json
+from .rerank import aqe_chunked, full_rerank_distmat, local_jaccard, topk_rerank_dist_fn
+
+__all__ = [
+    "add_evaluation_config", "DGReidEvaluator", "DEFAULT_CHUNK_SIZE", "evaluate_rank_chunked",
+    "evaluate_rank_dist_fn", "evaluate_rank_distmat", "feature_dist_fn", "AVERAGE",
+    "aggregate_splits", "format_results_table", "write_results_json", "aqe_chunked",
+    "full_rerank_distmat", "local_jaccard", "topk_rerank_dist_fn",
+]

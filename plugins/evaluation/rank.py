@@ -9,13 +9,14 @@ Tie rule (ours, explicit): equal distances are ordered by gallery index, i.e. th
 *stable* argsort. fastreid uses numpy's default (unstable) argsort, so with ties its numbers
 depend on numpy's sort implementation; with a stable argsort they equal ours.
 
-Why it is fast: only the positions of the positives in the ranked list are needed. Each row of a
-chunk is histogrammed into a few thousand bins by a monotone map of the distance; the number of valid
-items before a positive is then "items in lower bins" (a cumulative histogram, minus same-pid
-items) plus an exact comparison against the few items sharing the positive's bin. The map is
-monotone, so an item in a lower bin has a strictly smaller distance: the result is exact.
+Why it is fast: only the positions of the positives in the ranked list are needed, not a sort.
+Each row of a chunk is histogrammed into thousands of bins by a monotone map of the distance; the
+number of valid items before a positive is then "items in lower bins" (cumulative histogram minus
+the same-pid items there) plus an exact (distance, index) comparison with the few other items
+sharing the positive's bin. The map is monotone, so an item in a lower bin has a strictly smaller
+distance: the result is exact. Memory: O(chunk x gallery).
 """
-import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -29,27 +30,30 @@ _MARGIN = 4       # spare bins at both ends of a row's block: absorbs float roun
 
 
 # ------------------------------------------------------------------ distances
-def feature_dist_fn(q_feat, g_feat, metric="cosine"):
+def feature_dist_fn(q_feat, g_feat, metric="cosine", num_buffers=2):
     """`dist_fn(q_start, q_end) -> Tensor[chunk, G]` with fastreid's distance definitions.
 
-    The returned tensor is a buffer reused by the next call (saves page faults per chunk).
+    Results are written into `num_buffers` rotating buffers (fresh 100 MB tensors per chunk cost
+    page faults): a result stays valid for the next `num_buffers - 1` calls.
     """
-    q_feat, g_feat = _as_float_tensor(q_feat), _as_float_tensor(g_feat)
+    q_feat, g_feat = _as_float_tensor(q_feat).detach(), _as_float_tensor(g_feat).detach()
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if metric == "cosine":   # fastreid: 1 - <x/|x|, y/|y|>
         g_feat = F.normalize(g_feat, p=2, dim=1)
     else:                    # fastreid: |x|^2 + |y|^2 - 2 <x, y> (squared, no sqrt)
         g_sq = g_feat.pow(2).sum(dim=1)
-    buf = []
+    bufs, calls, one = [None] * num_buffers, [0], torch.tensor(1.0)
 
+    @torch.no_grad()   # grad mode is per thread: the prefetch worker does not inherit no_grad
     def dist_fn(a, b):
-        if not buf or buf[0].shape[0] < b - a:
-            buf[:] = [torch.empty(b - a, g_feat.shape[0])]
-        out = buf[0][:b - a]
+        i = calls[0] = (calls[0] + 1) % num_buffers
+        if bufs[i] is None or bufs[i].shape[0] < b - a:
+            bufs[i] = torch.empty(b - a, g_feat.shape[0])
+        out = bufs[i][:b - a]
         if metric == "cosine":
             q = F.normalize(q_feat[a:b], p=2, dim=1)
-            return torch.mm(q, g_feat.t(), out=out).neg_().add_(1)
+            return torch.sub(one, torch.mm(q, g_feat.t(), out=out), out=out)   # fl(1 - s)
         q = q_feat[a:b]
         torch.add(q.pow(2).sum(dim=1, keepdim=True), g_sq[None, :], out=out)
         return out.addmm_(q, g_feat.t(), beta=1, alpha=-2)
@@ -64,10 +68,14 @@ def _as_float_tensor(x):
 # ------------------------------------------------------------------ public entry points
 @torch.no_grad()
 def evaluate_rank_chunked(q_feat, g_feat, q_pids, g_pids, q_camids, g_camids, metric="cosine",
-                          max_rank=50, chunk_size=DEFAULT_CHUNK_SIZE):
-    """fastreid's `evaluate_rank` from features: returns (cmc[max_rank], all_AP, all_INP)."""
+                          max_rank=50, chunk_size=DEFAULT_CHUNK_SIZE, prefetch=True):
+    """fastreid's `evaluate_rank` from features: returns (cmc[max_rank], all_AP, all_INP).
+
+    prefetch: compute the next chunk's distances in a thread while ranking the current one.
+    """
     return evaluate_rank_dist_fn(feature_dist_fn(q_feat, g_feat, metric), q_pids, g_pids,
-                                 q_camids, g_camids, max_rank=max_rank, chunk_size=chunk_size)
+                                 q_camids, g_camids, max_rank=max_rank, chunk_size=chunk_size,
+                                 prefetch=prefetch)
 
 
 def evaluate_rank_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50,
@@ -80,12 +88,14 @@ def evaluate_rank_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=
 
 @torch.no_grad()
 def evaluate_rank_dist_fn(dist_fn, q_pids, g_pids, q_camids, g_camids, max_rank=50,
-                          chunk_size=DEFAULT_CHUNK_SIZE):
+                          chunk_size=DEFAULT_CHUNK_SIZE, prefetch=False):
     """Exact fastreid metrics from distances fed chunk by chunk.
 
     dist_fn(q_start, q_end) -> Tensor/ndarray [q_end - q_start, num_gallery]; it is called once
     per chunk, in order, and only for chunks holding at least one valid query. Distances are
-    ranked as float32, as fastreid's Cython evaluator does.
+    ranked as float32, as fastreid's Cython evaluator does. With prefetch=True the next chunk
+    is requested from a worker thread while the current one is ranked: dist_fn must then be
+    thread-safe and its result must survive one more call.
     Returns (cmc float32[max_rank], all_AP float64[n_valid], all_INP float64[n_valid]), AP/INP
     in query order of the valid queries. Raises ValueError when no query has a valid match.
     """
@@ -103,11 +113,10 @@ def evaluate_rank_dist_fn(dist_fn, q_pids, g_pids, q_camids, g_camids, max_rank=
 
     first_hits, all_AP, all_INP = [], [], []
     work = _Workspace()
-    for a in range(0, num_q, chunk_size):
-        b = min(a + chunk_size, num_q)
-        if not same.valid[a:b].any():
-            continue
-        dist = torch.as_tensor(dist_fn(a, b))
+    chunks = [(a, min(a + chunk_size, num_q)) for a in range(0, num_q, chunk_size)
+              if same.valid[a:a + chunk_size].any()]
+    for (a, b), dist in zip(chunks, _distances(dist_fn, chunks, prefetch)):
+        dist = torch.as_tensor(dist)
         if dist.shape != (b - a, num_g):
             raise ValueError(f"dist_fn({a}, {b}) returned shape {tuple(dist.shape)}, "
                              f"expected {(b - a, num_g)}")
@@ -119,6 +128,19 @@ def evaluate_rank_dist_fn(dist_fn, q_pids, g_pids, q_camids, g_camids, max_rank=
     # float32 count / float32 num_valid: the same arithmetic as fastreid's CMC average.
     cmc = np.cumsum(hits_at).astype(np.float32) / np.float32(num_valid)
     return cmc, np.concatenate(all_AP), np.concatenate(all_INP)
+
+
+def _distances(dist_fn, chunks, prefetch):
+    """Yields dist_fn(a, b) per chunk; with prefetch the next one is computed meanwhile."""
+    if not prefetch:
+        yield from (dist_fn(a, b) for a, b in chunks)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(dist_fn, a, b) for a, b in chunks[:1]]
+        for i in range(len(chunks)):
+            current = pending.pop().result()
+            pending += [pool.submit(dist_fn, *chunks[i + 1])] if i + 1 < len(chunks) else []
+            yield current
 
 
 # ------------------------------------------------------------------ per-query bookkeeping
@@ -170,6 +192,10 @@ class _Workspace:
         return self.y[:c], self.flag[:c * num_g]
 
 
+def _ones(n):
+    return torch.ones(1, dtype=torch.int32).expand(n)
+
+
 def _num_bins(c):
     return max(256, min(16384, 2 ** 22 // c))
 
@@ -209,7 +235,8 @@ def _chunk_metrics(dist, same, a, b, work):
     nb = _num_bins(c)
     y, flag = work.get(c, num_g)
     flat_bins, flat_dist = _bin_rows(dist, nb, y).view(-1), dist.view(-1)
-    below = np.concatenate(([0], np.cumsum(torch.bincount(flat_bins, minlength=c * nb).numpy())))
+    hist = torch.zeros(c * nb, dtype=torch.int32).index_add_(0, flat_bins, _ones(len(flat_bins)))
+    below = np.concatenate(([0], np.cumsum(hist.numpy(), dtype=np.int64)))  # #items in bins < x
 
     rows, gidx, junk = same.items(a, b)
     flat = torch.from_numpy(rows * num_g + gidx)
@@ -228,12 +255,10 @@ def _chunk_metrics(dist, same, a, b, work):
     flag_bins[torch.from_numpy(p_bin)] = True
     cand = torch.index_select(flag_bins, 0, flat_bins, out=flag).nonzero().squeeze(1)
     c_row, c_gidx = (cand // num_g).numpy(), (cand % num_g).numpy()
-    other = same.g_pids[c_gidx] != same.q_pids[a + c_row]
-    cand = torch.from_numpy(cand.numpy()[other])
+    cand = cand[torch.from_numpy(same.g_pids[c_gidx] != same.q_pids[a + c_row])]
     c_key = _order_key(flat_bins[cand].numpy(), flat_dist[cand].numpy())
     p_key = _order_key(p_bin, p_dist)
-    lower += _count_before(c_key, c_row[other] * num_g + c_gidx[other], p_key, p_row * num_g + p_gidx,
-                           p_bin)
+    lower += _count_before(c_key, cand.numpy(), p_key, p_row * num_g + p_gidx, p_bin)
 
     # k-th positive of its row in (distance, gallery index) order
     order = np.argsort(p_gidx, kind="stable")
@@ -251,8 +276,8 @@ def _chunk_metrics(dist, same, a, b, work):
 def _count_before(c_key, c_flat, p_key, p_flat, p_bin):
     """For each positive: #candidates of its bin ordered before it by (distance, gallery index).
 
-    Keys hold (bin, distance); a stable sort by key after a sort by gallery index breaks ties by
-    index. Both sorts are on int64, for which numpy's stable sort is a fast radix sort.
+    Keys hold (bin, distance); a stable sort by key after a sort by flat index (row, gallery
+    index) breaks exact ties by gallery index. Both are int64 sorts of a few 10^4 items.
     """
     n_c = len(c_key)
     key = np.concatenate((c_key, p_key))

@@ -1,0 +1,154 @@
+"""Timing and peak memory of the chunked evaluator against the bare similarity product.
+
+    python -m plugins.evaluation.bench --msmt          # 11,659 x 82,161, 2048-d (MSMT17 test)
+    python -m plugins.evaluation.bench --num-query 2000 --num-gallery 10000 --with-fastreid
+
+Peak memory is the process's resident high-water mark (VmHWM) during each phase, reset before
+the phase through /proc/self/clear_refs (Linux); it includes the features already resident.
+tracemalloc would miss torch's allocations, and getrusage's ru_maxrss cannot be reset.
+"""
+import argparse
+import json
+import time
+
+import plugins  # noqa: F401  (fastreid shims first)
+import numpy as np
+import torch
+
+from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked
+
+MSMT17 = dict(num_query=11659, num_gallery=82161, dim=2048, num_ids=3060, num_cams=15)
+
+
+# ------------------------------------------------------------------ memory
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def _reset_peak():
+    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _phase(fn):
+    """Run fn(); return (result, seconds, peak RSS GB during it, RSS GB before it)."""
+    import gc
+    gc.collect()
+    resettable = _reset_peak()
+    rss_before = _status_kb("VmRSS") / 2 ** 20
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM") / 2 ** 20 if resettable else float("nan")
+    return out, seconds, peak, rss_before
+
+
+# ------------------------------------------------------------------ bench
+def make_data(num_query, num_gallery, dim, seed=0, num_ids=None, num_cams=15):
+    """Random features with MSMT17-like labels (uniform pids and cameras)."""
+    rng = np.random.default_rng(seed)
+    num_ids = num_ids or max(1, num_gallery // 27)
+    gen = torch.Generator().manual_seed(seed)
+    q_feat = torch.randn(num_query, dim, generator=gen)
+    g_feat = torch.randn(num_gallery, dim, generator=gen)
+    labels = (rng.integers(0, num_ids, num_query), rng.integers(0, num_ids, num_gallery),
+              rng.integers(0, num_cams, num_query), rng.integers(0, num_cams, num_gallery))
+    return q_feat, g_feat, labels
+
+
+def bare_product(q_feat, g_feat, chunk_size):
+    """q @ g.T over all queries, chunk by chunk into one reused buffer (nothing else)."""
+    out = torch.empty(min(chunk_size, len(q_feat)), len(g_feat))
+    for a in range(0, len(q_feat), chunk_size):
+        q = q_feat[a:a + chunk_size]
+        torch.mm(q, g_feat.t(), out=out[:len(q)])
+
+
+def bench_evaluator(num_query, num_gallery, dim, seed=0, metric="cosine",
+                    chunk_size=DEFAULT_CHUNK_SIZE, with_fastreid=False, repeats=1, num_ids=None,
+                    num_cams=15):
+    """Timings (s) and peak RSS (GB) of: the bare product, the chunked evaluator end to end,
+    and (with_fastreid) fastreid's build_dist + evaluate_rank (Cython when built).
+    With repeats > 1, product and evaluator alternate and the fastest run of each is kept."""
+    q_feat, g_feat, labels = make_data(num_query, num_gallery, dim, seed, num_ids, num_cams)
+    res = {"num_query": num_query, "num_gallery": num_gallery, "dim": dim, "metric": metric,
+           "chunk_size": chunk_size, "threads": torch.get_num_threads()}
+    prod, ours = [], []
+    for _ in range(repeats):
+        prod.append(_phase(lambda: bare_product(q_feat, g_feat, chunk_size)))
+        ours.append(_phase(lambda: evaluate_rank_chunked(q_feat, g_feat, *labels, metric=metric,
+                                                         chunk_size=chunk_size)))
+    best_p, best_o = min(prod, key=lambda r: r[1]), min(ours, key=lambda r: r[1])
+    res.update(product_s=best_p[1], product_peak_gb=best_p[2], chunked_s=best_o[1],
+               chunked_peak_gb=best_o[2], rss_before_gb=best_o[3],
+               ratio=best_o[1] / best_p[1], product_runs_s=[r[1] for r in prod],
+               chunked_runs_s=[r[1] for r in ours])
+    cmc, ap, inp = best_o[0]
+    res.update(rank1=float(cmc[0]), mAP=float(np.mean(ap)), mINP=float(np.mean(inp)))
+    if with_fastreid:
+        from fastreid.evaluation.rank import IS_CYTHON_AVAI, evaluate_rank
+        from fastreid.utils.compute_dist import build_dist
+
+        def fastreid_eval():
+            dist = build_dist(q_feat, g_feat, metric)
+            return evaluate_rank(dist, *labels)
+        (f_cmc, f_ap, f_inp), secs, peak, _ = _phase(fastreid_eval)
+        res.update(fastreid_s=secs, fastreid_peak_gb=peak, fastreid_cython=IS_CYTHON_AVAI,
+                   fastreid_ratio=secs / best_p[1],
+                   max_abs_diff={"cmc": float(np.abs(f_cmc - cmc).max()),
+                                 "AP": float(np.abs(np.asarray(f_ap) - ap).max()),
+                                 "INP": float(np.abs(np.asarray(f_inp) - inp).max())})
+    return res
+
+
+def _print(res):
+    print(f"{res['num_query']} queries x {res['num_gallery']} gallery, {res['dim']}-d, "
+          f"{res['metric']}, chunk {res['chunk_size']}, {res['threads']} torch threads")
+    def line(name, key, extra=""):
+        print(f"  {name:16s} {res[key + '_s']:8.2f} s   peak RSS {res[key + '_peak_gb']:.2f} GB"
+              + extra)
+    line("bare product", "product")
+    line("chunked eval", "chunked", f"   ratio {res['ratio']:.2f}x"
+         f"   (RSS before: {res['rss_before_gb']:.2f} GB)")
+    if "fastreid_s" in res:
+        line("fastreid eval", "fastreid", f"   ratio {res['fastreid_ratio']:.2f}x"
+             f"   cython={res['fastreid_cython']}   max |diff| {res['max_abs_diff']}")
+    print(f"  Rank-1 {res['rank1']:.4f}  mAP {res['mAP']:.6f}  mINP {res['mINP']:.6f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--msmt", action="store_true", help="MSMT17 test sizes (11659 x 82161, 2048-d)")
+    p.add_argument("--num-query", type=int, default=2000)
+    p.add_argument("--num-gallery", type=int, default=10000)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--with-fastreid", action="store_true",
+                   help="also time fastreid's evaluator (needs the full matrix + argsort in RAM)")
+    p.add_argument("--json", help="write the results to this path")
+    args = p.parse_args(argv)
+    sizes = dict(MSMT17) if args.msmt else dict(num_query=args.num_query,
+                                                  num_gallery=args.num_gallery, dim=args.dim)
+    res = bench_evaluator(**sizes, seed=args.seed, metric=args.metric, chunk_size=args.chunk_size,
+                          with_fastreid=args.with_fastreid, repeats=args.repeats)
+    _print(res)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""fastreid-compatible ReID evaluator backed by the exact chunked ranking (evaluation.rank)."""
+import copy
+import itertools
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from fastreid.evaluation.evaluator import DatasetEvaluator
+from fastreid.utils import comm
+
+from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn
+from .rerank import aqe_chunked, full_rerank_distmat, topk_rerank_dist_fn
+
+logger = logging.getLogger(__name__)
+
+
+class DGReidEvaluator(DatasetEvaluator):
+    """Drop-in for fastreid's ReidEvaluator: same inputs, same result keys, bounded memory.
+
+    Honours TEST.METRIC, TEST.AQE, TEST.RERANK (K1, K2, LAMBDA, TOPK) and TEST.CHUNK_SIZE.
+    """
+
+    def __init__(self, cfg, num_query, output_dir=None):
+        self.cfg = cfg
+        self._num_query = num_query
+        self._output_dir = output_dir
+        self._predictions = []
+        if cfg.TEST.ROC.ENABLED:
+            logger.warning("TEST.ROC (full distance matrix) is not computed by DGReidEvaluator")
+
+    def reset(self):
+        self._predictions = []
+
+    def process(self, inputs, outputs):
+        self._predictions.append({
+            "feats": outputs.to("cpu", torch.float32),
+            "pids": inputs["targets"].to("cpu"),
+            "camids": inputs["camids"].to("cpu"),
+        })
+
+    def _gathered(self):
+        if comm.get_world_size() > 1:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
+            return predictions if comm.is_main_process() else None
+        return self._predictions
+
+    def evaluate(self):
+        predictions = self._gathered()
+        if predictions is None:   # not the main process
+            return {}
+        feats = torch.cat([p["feats"] for p in predictions])
+        pids = torch.cat([p["pids"] for p in predictions]).numpy()
+        camids = torch.cat([p["camids"] for p in predictions]).numpy()
+        n = self._num_query
+        cmc, all_ap, all_inp = self.rank(feats[:n], feats[n:], pids[:n], pids[n:],
+                                         camids[:n], camids[n:])
+        mAP, mINP = np.mean(all_ap), np.mean(all_inp)
+        results = OrderedDict()
+        for r in (1, 5, 10):   # a gallery shorter than r reports the last rank (fastreid fails)
+            results[f"Rank-{r}"] = cmc[min(r, len(cmc)) - 1] * 100
+        results["mAP"] = mAP * 100
+        results["mINP"] = mINP * 100
+        results["metric"] = (mAP + cmc[0]) / 2 * 100
+        return copy.deepcopy(results)
+
+    def rank(self, q_feat, g_feat, q_pids, g_pids, q_camids, g_camids):
+        """(cmc, all_AP, all_INP) with the configured post-processing."""
+        test = self.cfg.TEST
+        metric = test.METRIC
+        chunk = test.get("CHUNK_SIZE", DEFAULT_CHUNK_SIZE)
+        labels = (q_pids, g_pids, q_camids, g_camids)
+        if test.AQE.ENABLED:
+            logger.info("Test with AQE setting")
+            q_feat, g_feat = aqe_chunked(q_feat, g_feat, test.AQE.QE_TIME, test.AQE.QE_K,
+                                         test.AQE.ALPHA, chunk_size=chunk)
+        if not test.RERANK.ENABLED:
+            return evaluate_rank_chunked(q_feat, g_feat, *labels, metric=metric, chunk_size=chunk)
+        rr = test.RERANK
+        topk = rr.get("TOPK", 100)
+        logger.info(f"Test with rerank setting (top-{topk} candidates)" if topk > 0
+                    else "Test with rerank setting (full matrix)")
+        if topk > 0:
+            dist_fn = topk_rerank_dist_fn(q_feat, g_feat, metric, rr.K1, rr.K2, rr.LAMBDA, topk)
+        else:
+            dist = torch.from_numpy(full_rerank_distmat(q_feat, g_feat, metric, rr.K1, rr.K2,
+                                                        rr.LAMBDA))
+            dist_fn = lambda a, b: dist[a:b]  # noqa: E731
+        return evaluate_rank_dist_fn(dist_fn, *labels, chunk_size=chunk)

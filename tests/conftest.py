@@ -1,0 +1,13 @@
+"""Shared fixtures: one tiny synthetic benchmark per test session (generated in ~3 s)."""
+import pytest
+
+import plugins  # noqa: F401
+import datasets_ext  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    from datasets_ext.synthetic.generate import main as generate
+    root = tmp_path_factory.mktemp("datasets")
+    generate(["--root", str(root), "--preset", "tiny"])
+    return str(root)
