@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic benchmark per test session (generated in ~3 s)."""
+"""Shared fixtures for tests/ and projects/*/tests: one tiny synthetic benchmark per session."""
 import pytest
 
 import plugins  # noqa: F401
