@@ -9,6 +9,7 @@ tracemalloc would miss torch's allocations, and getrusage's ru_maxrss cannot be 
 """
 import argparse
 import json
+import os
 import time
 
 import plugins  # noqa: F401  (fastreid shims first)
@@ -73,15 +74,27 @@ def bare_product(q_feat, g_feat, chunk_size):
         torch.mm(q, g_feat.t(), out=out[:len(q)])
 
 
+FASTREID_AUTO_MAX_GB = 2.0   # with_fastreid=None runs fastreid when its matrices fit in this
+
+
+def fastreid_memory_gb(num_query, num_gallery):
+    """fastreid's evaluator holds the float32 distance matrix twice (1 - mm) and int64 argsort."""
+    return num_query * num_gallery * (4 + 4 + 8) / 2 ** 30
+
+
 def bench_evaluator(num_query, num_gallery, dim, seed=0, metric="cosine",
-                    chunk_size=DEFAULT_CHUNK_SIZE, with_fastreid=False, repeats=1, num_ids=None,
+                    chunk_size=DEFAULT_CHUNK_SIZE, with_fastreid=None, repeats=1, num_ids=None,
                     num_cams=15):
     """Timings (s) and peak RSS (GB) of: the bare product, the chunked evaluator end to end,
-    and (with_fastreid) fastreid's build_dist + evaluate_rank (Cython when built).
+    and fastreid's build_dist + evaluate_rank (Cython when built) when with_fastreid is True, or
+    None and fastreid_memory_gb(...) <= FASTREID_AUTO_MAX_GB.
     With repeats > 1, product and evaluator alternate and the fastest run of each is kept."""
+    if with_fastreid is None:
+        with_fastreid = fastreid_memory_gb(num_query, num_gallery) <= FASTREID_AUTO_MAX_GB
     q_feat, g_feat, labels = make_data(num_query, num_gallery, dim, seed, num_ids, num_cams)
     res = {"num_query": num_query, "num_gallery": num_gallery, "dim": dim, "metric": metric,
-           "chunk_size": chunk_size, "threads": torch.get_num_threads()}
+           "chunk_size": chunk_size, "threads": torch.get_num_threads(),
+           "cpus": os.cpu_count(), "load_avg_1min_before": os.getloadavg()[0]}
     prod, ours = [], []
     for _ in range(repeats):
         prod.append(_phase(lambda: bare_product(q_feat, g_feat, chunk_size)))
@@ -93,7 +106,8 @@ def bench_evaluator(num_query, num_gallery, dim, seed=0, metric="cosine",
                ratio=best_o[1] / best_p[1], product_runs_s=[r[1] for r in prod],
                chunked_runs_s=[r[1] for r in ours])
     cmc, ap, inp = best_o[0]
-    res.update(rank1=float(cmc[0]), mAP=float(np.mean(ap)), mINP=float(np.mean(inp)))
+    res.update(rank1=float(cmc[0]), mAP=float(np.mean(ap)), mINP=float(np.mean(inp)),
+               load_avg_1min_after=os.getloadavg()[0])
     if with_fastreid:
         from fastreid.evaluation.rank import IS_CYTHON_AVAI, evaluate_rank
         from fastreid.utils.compute_dist import build_dist
@@ -110,15 +124,21 @@ def bench_evaluator(num_query, num_gallery, dim, seed=0, metric="cosine",
     return res
 
 
+def _fmt(xs):
+    return "[" + ", ".join(f"{x:.1f}" for x in xs) + "]"
+
+
 def _print(res):
     print(f"{res['num_query']} queries x {res['num_gallery']} gallery, {res['dim']}-d, "
-          f"{res['metric']}, chunk {res['chunk_size']}, {res['threads']} torch threads")
+          f"{res['metric']}, chunk {res['chunk_size']}, {res['threads']} torch threads, "
+          f"{res['cpus']} CPUs, load average {res['load_avg_1min_before']:.1f} before / "
+          f"{res['load_avg_1min_after']:.1f} after (other processes skew timings)")
     def line(name, key, extra=""):
         print(f"  {name:16s} {res[key + '_s']:8.2f} s   peak RSS {res[key + '_peak_gb']:.2f} GB"
               + extra)
-    line("bare product", "product")
-    line("chunked eval", "chunked", f"   ratio {res['ratio']:.2f}x"
-         f"   (RSS before: {res['rss_before_gb']:.2f} GB)")
+    line("bare product", "product", f"   runs {_fmt(res['product_runs_s'])}")
+    line("chunked eval", "chunked", f"   runs {_fmt(res['chunked_runs_s'])}   ratio "
+         f"{res['ratio']:.2f}x   (RSS before: {res['rss_before_gb']:.2f} GB)")
     if "fastreid_s" in res:
         line("fastreid eval", "fastreid", f"   ratio {res['fastreid_ratio']:.2f}x"
              f"   cython={res['fastreid_cython']}   max |diff| {res['max_abs_diff']}")
@@ -135,8 +155,9 @@ def main(argv=None):
     p.add_argument("--metric", default="cosine", choices=["cosine", "euclidean"])
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--with-fastreid", action="store_true",
-                   help="also time fastreid's evaluator (needs the full matrix + argsort in RAM)")
+    p.add_argument("--with-fastreid", default=None, action=argparse.BooleanOptionalAction,
+                   help="time fastreid's evaluator too (full matrix + argsort in RAM); default: "
+                        f"only when that needs <= {FASTREID_AUTO_MAX_GB} GB")
     p.add_argument("--json", help="write the results to this path")
     args = p.parse_args(argv)
     sizes = dict(MSMT17) if args.msmt else dict(num_query=args.num_query,

@@ -5,6 +5,10 @@ are junk (removed from the list); a query without any remaining positive is skip
 fraction of valid queries whose first positive is within rank r; AP averages precision at each
 positive; INP = #positives / (position of the last positive + 1).
 
+CMC beyond the end of a query's valid list (shorter than max_rank after junk removal) counts as
+a hit, the natural extension; fastreid's Python evaluator fails there and its Cython one reads
+stale buffer values.
+
 Tie rule (ours, explicit): equal distances are ordered by gallery index, i.e. the order of a
 *stable* argsort. fastreid uses numpy's default (unstable) argsort, so with ties its numbers
 depend on numpy's sort implementation; with a stable argsort they equal ours.
@@ -120,7 +124,8 @@ def evaluate_rank_dist_fn(dist_fn, q_pids, g_pids, q_camids, g_camids, max_rank=
         if dist.shape != (b - a, num_g):
             raise ValueError(f"dist_fn({a}, {b}) returned shape {tuple(dist.shape)}, "
                              f"expected {(b - a, num_g)}")
-        first, ap, inp = _chunk_metrics(dist.float().contiguous(), same, a, b, work)
+        dist = dist.detach().to("cpu", torch.float32).contiguous()   # e.g. a matcher on GPU
+        first, ap, inp = _chunk_metrics(dist, same, a, b, work)
         first_hits.append(first), all_AP.append(ap), all_INP.append(inp)
 
     first_hits = np.concatenate(first_hits)
@@ -183,13 +188,17 @@ class _Workspace:
     """Chunk-sized buffers reused across chunks (fresh 100 MB allocations cost page faults)."""
 
     def __init__(self):
-        self.y = self.flag = None
+        self.y = self.flag = self.hist = self.bin_flag = None
 
-    def get(self, c, num_g):
+    def get(self, c, num_g, nb):
         if self.y is None or self.y.shape[0] < c:
             self.y = torch.empty(c, num_g, dtype=torch.float32)
             self.flag = torch.empty(c * num_g, dtype=torch.bool)
-        return self.y[:c], self.flag[:c * num_g]
+        if self.hist is None or len(self.hist) < c * nb:
+            self.hist = torch.empty(c * nb, dtype=torch.int32)
+            self.bin_flag = torch.empty(c * nb, dtype=torch.bool)
+        return (self.y[:c], self.flag[:c * num_g], self.hist[:c * nb].zero_(),
+                self.bin_flag[:c * nb].zero_())
 
 
 def _ones(n):
@@ -203,7 +212,9 @@ def _num_bins(c):
 def _bin_rows(dist, nb, y):
     """Monotone map of each row's distances to int32 bins in [r*nb, (r+1)*nb); y: scratch."""
     c = dist.shape[0]
-    lo, hi = dist.amin(dim=1, keepdim=True), dist.amax(dim=1, keepdim=True)
+    d = dist.numpy()   # numpy's row min/max (and flatnonzero below) beat torch's on CPU, measured
+    lo = torch.from_numpy(d.min(axis=1, keepdims=True))
+    hi = torch.from_numpy(d.max(axis=1, keepdims=True))
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
         raise ValueError("distances contain NaN or inf")
     span = (hi - lo).double()
@@ -233,10 +244,10 @@ def _chunk_metrics(dist, same, a, b, work):
     """First-hit rank, AP and INP of the valid queries a..b-1 from their distance rows."""
     c, num_g = dist.shape
     nb = _num_bins(c)
-    y, flag = work.get(c, num_g)
+    y, flag, hist, bin_flag = work.get(c, num_g, nb)
     flat_bins, flat_dist = _bin_rows(dist, nb, y).view(-1), dist.view(-1)
-    hist = torch.zeros(c * nb, dtype=torch.int32).index_add_(0, flat_bins, _ones(len(flat_bins)))
-    below = np.concatenate(([0], np.cumsum(hist.numpy(), dtype=np.int64)))  # #items in bins < x
+    hist.index_add_(0, flat_bins, _ones(len(flat_bins)))
+    below = np.concatenate(([0], np.cumsum(hist.numpy())))   # below[x]: #items in bins < x
 
     rows, gidx, junk = same.items(a, b)
     flat = torch.from_numpy(rows * num_g + gidx)
@@ -251,14 +262,12 @@ def _chunk_metrics(dist, same, a, b, work):
              - (np.searchsorted(s_sorted, p_bin) - np.searchsorted(s_sorted, row_first_bin)))
 
     # other-pid items sharing a bin with a positive: compared exactly by (distance, index)
-    flag_bins = torch.zeros(c * nb, dtype=torch.bool)
-    flag_bins[torch.from_numpy(p_bin)] = True
-    cand = torch.index_select(flag_bins, 0, flat_bins, out=flag).nonzero().squeeze(1)
-    c_row, c_gidx = (cand // num_g).numpy(), (cand % num_g).numpy()
-    cand = cand[torch.from_numpy(same.g_pids[c_gidx] != same.q_pids[a + c_row])]
-    c_key = _order_key(flat_bins[cand].numpy(), flat_dist[cand].numpy())
+    bin_flag[torch.from_numpy(p_bin)] = True
+    cand = np.flatnonzero(torch.index_select(bin_flag, 0, flat_bins, out=flag).numpy())
+    cand = cand[same.g_pids[cand % num_g] != same.q_pids[a + cand // num_g]]
+    c_key = _order_key(flat_bins.numpy()[cand], flat_dist.numpy()[cand])
     p_key = _order_key(p_bin, p_dist)
-    lower += _count_before(c_key, cand.numpy(), p_key, p_row * num_g + p_gidx, p_bin)
+    lower += _count_before(c_key, cand, p_key, p_row * num_g + p_gidx, p_bin)
 
     # k-th positive of its row in (distance, gallery index) order
     order = np.argsort(p_gidx, kind="stable")

@@ -41,7 +41,7 @@ def test_hand_computed_two_queries_five_gallery():
 @pytest.mark.parametrize("levels", [3, 20, None])   # heavy ties, some ties, (almost) none
 def test_equals_fastreid_python_with_ties_junk_and_unmatched(levels):
     rng = np.random.default_rng(levels or 0)
-    for _ in range(6):
+    for _ in range(4):
         case = random_case(rng, num_q=int(rng.integers(5, 40)), num_g=int(rng.integers(80, 300)),
                            num_ids=int(rng.integers(4, 25)), levels=levels)
         ref = fastreid_python(*case, max_rank=50)
@@ -66,11 +66,12 @@ def test_equals_fastreid_cython_unpatched_without_ties():
 
 
 def test_numpy_default_argsort_is_unstable_here():
-    """Documents why the reference needs the stable patch (if this starts failing, numpy's
-    default became stable on this machine and the patch is merely harmless)."""
+    """Documents why the reference needs the stable patch (numpy's SIMD sort on this CPU);
+    where numpy's default happens to be stable the patch is merely harmless."""
     rng = np.random.default_rng(0)
     d = rng.integers(0, 3, (20, 200)).astype(np.float32)
-    assert not np.array_equal(np.argsort(d, axis=1), np.argsort(d, axis=1, kind="stable"))
+    if np.array_equal(np.argsort(d, axis=1), np.argsort(d, axis=1, kind="stable")):
+        pytest.skip("numpy's default argsort is stable on this machine")
 
 
 def test_chunk_size_and_prefetch_do_not_change_results():

@@ -31,3 +31,26 @@ def test_png_of_expected_size_with_green_and_red_borders(tmp_path):
         color = rank_list.CORRECT_COLOR if ok else rank_list.WRONG_COLOR
         assert np.abs(img[1, x].astype(int) - color).max() <= 2
     assert order[0] == 1 and correct[0] and correct.sum() == 1   # gallery 1: the only match
+
+
+def test_command_with_a_model_builder_callable(tmp_path, monkeypatch):
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"p{i}.png"
+        cv2.imwrite(str(p), np.full((32, 16, 3), 30 * i, np.uint8))
+        paths.append(str(p))
+    query = [(paths[i], i, 0, {}) for i in range(3)]
+    gallery = [(paths[3 + i], i % 3, 1, {}) for i in range(5)]
+    monkeypatch.setattr(rank_list, "_load_test_items", lambda cfg, name: (query, gallery))
+
+    class MeanColour(torch.nn.Module):   # features: mean colour per channel
+        def forward(self, batch):
+            return batch["images"].float().mean(dim=(2, 3)) + 1
+
+    (tmp_path / "cfg.yml").write_text("INPUT:\n  SIZE_TEST: [32, 16]\n")
+    written = rank_list.main(["--config-file", str(tmp_path / "cfg.yml"), "--dataset", "Toy",
+                              "--num-queries", "2", "--topk", "4", "--out", str(tmp_path / "o"),
+                              "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"],
+                             build_model=lambda cfg: MeanColour())
+    assert len(written) == 2
+    assert cv2.imread(written[0]).shape[1] == 5 * (CELL[0] + 2 * BORDER) + GAP

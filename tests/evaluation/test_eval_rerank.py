@@ -47,9 +47,11 @@ def test_topk_rerank_keeps_non_candidates_after_candidates_in_original_order():
                            torch.argsort(b[others], stable=True))
 
 
-def test_local_jaccard_is_zero_for_identical_items_and_in_unit_range():
-    x = torch.randn(1, 12, 8)
-    x[0, 1] = x[0, 0]   # candidate 1 is the query itself
-    jac = local_jaccard(x, k1=4, k2=1)
-    assert jac.shape == (1, 11)
-    assert float(jac[0, 0]) < 1e-6 and float(jac.max()) <= 1
+def test_local_jaccard_separates_clusters_and_stays_in_unit_range():
+    gen = torch.Generator().manual_seed(7)
+    centers = torch.randn(2, 8, generator=gen) * 4
+    labels = torch.tensor([0] * 7 + [1] * 6)          # item 0 (query) and 6 neighbours: cluster 0
+    x = (centers[labels] + 0.3 * torch.randn(13, 8, generator=gen))[None]
+    jac = local_jaccard(x, k1=5, k2=2)[0]
+    assert jac.shape == (12,) and float(jac.min()) >= 0 and float(jac.max()) <= 1
+    assert float(jac[:6].max()) < float(jac[6:].min())   # same cluster: closer in Jaccard
