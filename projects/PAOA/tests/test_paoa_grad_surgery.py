@@ -1,0 +1,183 @@
+"""Gradient calibration (plugins.grad_surgery): Eq. 6 and the designs of Table 5 on hand-made
+vectors, their properties on random ones, and each design inside the engine's step on a toy model."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from fastreid.utils.events import EventStorage
+from torch import nn
+
+from paoa_test_utils import REPO  # (project discovery: registers the combiners)
+from plugins.engine import DGStep, build_optimizer
+from plugins.grad_surgery import CalibrateAux, CalibratePrimary, Mutual, project
+from plugins.registry import GRAD_COMBINERS
+
+DESIGNS = {"sum": "a", "calibrate_primary": "b", "mutual": "c", "calibrate_aux": "d"}
+
+
+def reference(design, g_p, g_a):
+    """Independent float64 re-derivation of each design (Fig. 5 of the paper)."""
+    g_p, g_a = np.asarray(g_p, np.float64), np.asarray(g_a, np.float64)
+    d = g_p @ g_a
+    if design == "a" or d >= 0:
+        return g_p + g_a
+    p_c = g_p - d / (g_a @ g_a) * g_a     # primary projected on the auxiliary's normal plane
+    a_c = g_a - d / (g_p @ g_p) * g_p     # auxiliary projected on the primary's normal plane (Eq. 6)
+    return {"b": p_c + g_a, "c": p_c + a_c, "d": g_p + a_c}[design]
+
+
+def combine(name, g_p, g_a):
+    out, stats = GRAD_COMBINERS.get(name)(None)({"primary": torch.tensor(g_p, dtype=torch.float32),
+                                                 "aux": torch.tensor(g_a, dtype=torch.float32)})
+    return out.numpy(), stats
+
+
+def test_names_map_to_the_designs():
+    assert GRAD_COMBINERS.get("calibrate_aux") is GRAD_COMBINERS.get("paoa") is CalibrateAux
+    assert GRAD_COMBINERS.get("mutual") is GRAD_COMBINERS.get("pcgrad") is Mutual
+    assert GRAD_COMBINERS.get("calibrate_primary") is CalibratePrimary
+
+
+def test_eq6_on_hand_made_vectors():
+    g_p, g_a = [2.0, 0.0], [-1.0, 1.0]          # g_a . g_p = -2 < 0
+    # g_a^c = g_a - (-2 / 4) g_p = (0, 1): orthogonal to g_p, its g_p-free part kept
+    assert project(torch.tensor(g_a), torch.tensor(g_p)).tolist() == [0.0, 1.0]
+    out, stats = combine("calibrate_aux", g_p, g_a)
+    assert out.tolist() == [2.0, 1.0]
+    assert stats["grad_conflict"] == 1.0
+    assert stats["grad_cosine"] == pytest.approx(-2 / (2 * 2 ** 0.5))
+    # design (b): g_p^c = g_p - (-2 / 2) g_a = (1, 1); (c): (1, 1) + (0, 1)
+    assert combine("calibrate_primary", g_p, g_a)[0].tolist() == [0.0, 2.0]
+    assert combine("mutual", g_p, g_a)[0].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("name", ["calibrate_primary", "mutual", "calibrate_aux"])
+def test_designs_match_reference_and_leave_agreeing_gradients_alone(name):
+    rng = np.random.default_rng(0)
+    conflicts = 0
+    for _ in range(200):
+        n = int(rng.integers(2, 50))
+        g_p, g_a = rng.normal(size=n) * rng.exponential(), rng.normal(size=n) * rng.exponential()
+        out, stats = combine(name, g_p, g_a)
+        np.testing.assert_allclose(out, reference(DESIGNS[name], g_p, g_a), rtol=1e-4, atol=1e-5)
+        conflict = g_p @ g_a < 0
+        conflicts += conflict
+        assert stats["grad_conflict"] == float(conflict)
+        assert stats["grad_cosine"] == pytest.approx(g_p @ g_a / np.linalg.norm(g_p) / np.linalg.norm(g_a), abs=1e-5)
+        if not conflict:   # unchanged: the plain sum, bit for bit
+            assert np.array_equal(out, (torch.tensor(g_p, dtype=torch.float32) + torch.tensor(g_a, dtype=torch.float32)).numpy())
+    assert 50 < conflicts < 150
+
+
+def test_calibrated_auxiliary_never_opposes_the_primary():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(2, 2000))
+        g_p, g_a = torch.tensor(rng.normal(size=n)), torch.tensor(rng.normal(size=n) * 10)
+        if g_a @ g_p >= 0:
+            g_a = -g_a
+        g_a_c = project(g_a, g_p)
+        assert g_a_c @ g_p >= -1e-9 * g_a.norm() * g_p.norm()
+        out, _ = CalibrateAux()({"primary": g_p, "aux": g_a})
+        # the primary's first-order progress is exactly that of the primary alone
+        assert float(out @ g_p) == pytest.approx(float(g_p @ g_p), rel=1e-9)
+        out_c, _ = Mutual()({"primary": g_p, "aux": g_a})
+        assert out_c @ g_p >= -1e-9 * out_c.norm() * g_p.norm() and out_c @ g_a >= -1e-9 * out_c.norm() * g_a.norm()
+
+
+def test_conflict_share_counts_steps():
+    comb = CalibrateAux()
+    for g_a in ([-1.0, 0.0], [1.0, 0.0], [-1.0, 1.0], [0.0, 1.0]):
+        _, stats = comb({"primary": torch.tensor([1.0, 0.0]), "aux": torch.tensor(g_a)})
+    assert stats["grad_conflict_share"] == 0.5 and stats["grad_conflict"] == 0.0
+
+
+# ------------------------------------------------------------------ inside the engine's step
+class TwoHeads(nn.Module):
+    """Shared extractor + primary and auxiliary heads; the auxiliary target opposes the primary."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Linear(4, 3)
+        self.heads = nn.Linear(3, 1)
+        self.aux_head = nn.Linear(3, 1)
+
+    def forward(self, data):
+        f = torch.tanh(self.backbone(data["x"]))
+        return {"loss_prim": ((self.heads(f)[:, 0] - data["y"]) ** 2).mean(),
+                "loss_saliency": 0.5 * ((self.aux_head(f)[:, 0] - data["y"] ** 2) ** 2).mean()}
+
+
+def toy_cfg(name):
+    from tests.engine.toy import toy_cfg as engine_toy_cfg
+    return engine_toy_cfg(GC_NAME=name, GC_AUX_LOSSES=["loss_saliency"], GC_SHARED=["backbone"])
+
+
+def hand_grads(model, batch):
+    out = {}
+    for k in ("loss_prim", "loss_saliency"):
+        model.zero_grad()
+        model(batch)[k].backward()
+        out[k] = {n: np.zeros(p.shape) if p.grad is None else p.grad.double().numpy().copy()
+                  for n, p in model.named_parameters()}
+    model.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_each_design_in_the_step_on_a_toy_problem(name):
+    g = torch.Generator().manual_seed(3)
+    batches = [{"x": torch.randn(16, 4, generator=g), "y": torch.randn(16, generator=g)} for _ in range(6)]
+    model = TwoHeads()
+    step = DGStep(toy_cfg(name), model, batches, {"main": build_optimizer(toy_cfg(name), model)})
+    conflicts = 0
+    with EventStorage(0) as storage:
+        for it, batch in enumerate(batches):
+            grads = hand_grads(model, batch)
+            before = {n: p.detach().double().numpy().copy() for n, p in model.named_parameters()}
+            step.iter = it
+            step.run_step()
+            shared = [n for n in before if n.startswith("backbone")]
+            flat = {k: np.concatenate([grads[k][n].ravel() for n in shared]) for k in grads}
+            conflicts += flat["loss_prim"] @ flat["loss_saliency"] < 0
+            update = reference(DESIGNS[name], flat["loss_prim"], flat["loss_saliency"])
+            now = np.concatenate([p.detach().double().numpy().ravel() for n, p in model.named_parameters() if n in shared])
+            np.testing.assert_allclose(now, np.concatenate([before[n].ravel() for n in shared]) - 0.1 * update,
+                                       rtol=1e-5, atol=1e-6)
+            for n, p in model.named_parameters():   # heads keep their own gradients
+                if not n.startswith("backbone"):
+                    np.testing.assert_allclose(p.detach().double().numpy(), before[n] - 0.1 * (
+                        grads["loss_prim"][n] + grads["loss_saliency"][n]), rtol=1e-5, atol=1e-6)
+    assert 0 < conflicts < len(batches)   # both branches were exercised
+    if name != "sum":
+        assert storage.history("grad_conflict_share").latest() == pytest.approx(conflicts / len(batches))
+
+
+def test_accumulated_micro_batches_match_the_joint_batch():
+    g = torch.Generator().manual_seed(5)
+    joint = [{"x": torch.randn(16, 4, generator=g), "y": torch.randn(16, generator=g)} for _ in range(3)]
+    halves = [{k: v[i::2] for k, v in b.items()} for b in joint for i in range(2)]
+    models = []
+    for data, accum in ((joint, 1), (halves, 2)):
+        cfg = toy_cfg("calibrate_aux")
+        cfg.SOLVER.ACCUM_STEPS = accum
+        model = TwoHeads()
+        step = DGStep(cfg, model, data, {"main": build_optimizer(cfg, model)})
+        with EventStorage(0):
+            for it in range(3):
+                step.iter = it
+                step.run_step()
+        models.append(model)
+    for p, q in zip(*(m.parameters() for m in models)):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_bench_extra_reports_the_calibration_share():
+    from paoa import BENCH_CONFIGS, bench_extra
+    assert all(os.path.exists(os.path.join(REPO, f)) for f in BENCH_CONFIGS.values())
+    out = bench_extra(steps=1, repeats=1, opts=["SOLVER.IMS_PER_BATCH", "8", "INPUT.SIZE_TRAIN", "[32,16]",
+                                                  "MODEL.BACKBONE.DEPTH", "18x"])
+    assert out["shared_params"] == 11176512   # ResNet-18's parameters: the whole extractor is calibrated
+    assert 0 < out["calibration_share_%"] < out["calibration_with_flatten_share_%"]

@@ -1,0 +1,69 @@
+"""PAOA's model: Eq. 1-3 (fastreid's primary losses, unchanged), Eq. 4 (L1 on the saliency map),
+Eq. 5 (lambda), the auxiliary head's shapes."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from fastreid.modeling.meta_arch import build_model
+from fastreid.utils.events import EventStorage
+
+from paoa_test_utils import tiny_batch, tiny_cfg, tiny_model
+from paoa.modeling import SaliencyHead, saliency_l1, saliency_target
+
+
+@pytest.mark.parametrize("feat, channels, size", [((16, 8), (256, 64), (64, 32)), ((4, 2), (64, 32), (16, 8)),
+                                                   ((3, 5), (8,), (7, 9))])
+def test_head_predicts_the_configured_map_size(feat, channels, size):
+    head = SaliencyHead(32, channels, size)
+    assert head(torch.randn(2, 32, *feat)).shape == (2, *size)
+
+
+def test_l1_loss_against_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 2, 3))
+    label = rng.integers(0, 2, size=(2, 4, 6)) * 255           # binary mask at twice the resolution
+    pred = 1 / (1 + np.exp(-logits))
+    target = label.reshape(2, 2, 2, 3, 2).mean(axis=(2, 4)) / 255.0   # 2x2 area average
+    assert np.allclose(saliency_target(torch.tensor(label), (2, 3)).numpy(), target)
+    got = saliency_l1(torch.tensor(logits, dtype=torch.float32), torch.tensor(label))
+    assert float(got) == pytest.approx(np.abs(pred - target).mean(), rel=1e-5)
+
+
+def test_training_losses_are_eq5():
+    cfg = tiny_cfg(AUX_WEIGHT=0.3)
+    model = tiny_model(cfg).train()
+    batch = tiny_batch()
+    with EventStorage(0):
+        losses = model(copy.deepcopy(batch))
+        base_cfg = cfg.clone()
+        base_cfg.MODEL.META_ARCHITECTURE = "Baseline"
+        baseline = build_model(base_cfg).train()
+        baseline.load_state_dict(model.state_dict(), strict=False)
+        primary = baseline(copy.deepcopy(batch))
+    assert set(losses) == {"loss_cls", "loss_triplet", "loss_saliency"}
+    for k in primary:   # L_prim (Eq. 1-3) is fastreid's, untouched
+        assert torch.allclose(losses[k], primary[k])
+    images = (batch["images"] - model.pixel_mean) / model.pixel_std
+    with torch.no_grad():
+        pred = torch.sigmoid(model.aux_head(model.backbone(images)))
+    l1 = (pred - saliency_target(batch["saliency"], (16, 8))).abs().mean()
+    assert float(losses["loss_saliency"].detach()) == pytest.approx(0.3 * float(l1), rel=1e-5)
+
+
+def test_auxiliary_loss_reaches_the_shared_extractor_only_through_its_head():
+    model = tiny_model().train()
+    with EventStorage(0):
+        model(tiny_batch())["loss_saliency"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.heads.parameters())
+
+
+def test_without_auxiliary_objective_or_labels():
+    with EventStorage(0):
+        losses = tiny_model(tiny_cfg(AUX_WEIGHT=0.0)).train()(tiny_batch())
+        assert "loss_saliency" not in losses
+        batch = tiny_batch()
+        del batch["saliency"]
+        with pytest.raises(KeyError, match="weak labels"):
+            tiny_model().train()(batch)
