@@ -1,0 +1,21 @@
+"""ADIN: adversarial domain-invariant feature learning with the calibrated negative entropy (CaNE)
+on camera and capture-time nuisances. Importing registers the meta-architecture `ADIN`, the
+backbone `build_dual_branch_backbone`, the trainer `ADINTrainer` and the datasets
+`VehicleID1600` / `VehicleID3200`."""
+from . import backbone, datasets, modeling, nuisance, schedule, trainer  # noqa: F401  (registration)
+from .config import add_adin_config
+from .modeling import ADIN
+from .trainer import ADINTrainer
+
+add_config = add_adin_config
+
+# `make bench`: per-step time against configs/Synthetic/baseline.yml (ResNet-18, 64x32, batch 32).
+BENCH_CONFIGS = {
+    "ADIN-CaNE (camera+time)": "projects/ADIN/configs/Synthetic/adin_cane.yml",
+}
+
+
+def bench_extra():
+    """Per-phase step times of the synthetic CaNE config (see adin.bench)."""
+    from .bench import phase_step_times
+    return phase_step_times()

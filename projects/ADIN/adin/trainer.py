@@ -1,0 +1,108 @@
+"""ADINTrainer: DGTrainer with ADIN's optimizers, held-out validation subset, nuisance statistics
+and §3.3 schedule (TRAINER.NAME: ADINTrainer).
+
+Optimizers: "main" (f_E + f_I + centres: joint and identity phases), "extractor" (f_E alone: the
+adversarial update of Eq. 7) and "nuisance" (f_N). Every one is checkpointed with its scheduler,
+and so is the schedule's position, so `--resume` continues in the same phase.
+"""
+import logging
+import os
+import random
+from collections import defaultdict
+
+from fastreid.data import build_reid_test_loader
+from fastreid.data.transforms import build_transforms
+from fastreid.utils import comm
+
+from plugins.data import DGCommDataset
+from plugins.data.build import build_dg_train_loader, load_train_items
+from plugins.engine import DGTrainer, build_optimizer
+from plugins.engine.step import unwrap
+from plugins.registry import TRAINER_REGISTRY, register_as
+
+from .nuisance import head_names, measure
+from .schedule import build_adin_schedule, identity_error
+
+logger = logging.getLogger(__name__)
+EXTRACTOR = ("backbone.", "pool.")
+
+
+def split_validation(items, num_images, seed=0):
+    """(train items, held-out items): one image from each of `num_images` randomly drawn identities
+    that have at least two images, so every identity keeps training images."""
+    by_pid = defaultdict(list)
+    for i, it in enumerate(items):
+        by_pid[it[1]].append(i)
+    rng = random.Random(seed)
+    eligible = sorted((p for p, idx in by_pid.items() if len(idx) >= 2), key=str)
+    chosen = rng.sample(eligible, min(num_images, len(eligible)))
+    held = {rng.choice(by_pid[p]) for p in chosen}
+    return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+
+@register_as(TRAINER_REGISTRY, "ADINTrainer")
+class ADINTrainer(DGTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if self.nuisance_stats is not None:
+            unwrap(self.model).set_nuisance_stats(self.nuisance_stats)
+
+    @property
+    def adversarial(self):
+        return self.cfg.MODEL.ADIN.ADV_LOSS != "none"
+
+    # -------------------------------------------------------------- data (instance methods: they
+    # keep the validation subset and nuisance statistics for the schedule and the model)
+    def build_train_loader(self, cfg):
+        adversarial = cfg.MODEL.ADIN.ADV_LOSS != "none"
+        items = load_train_items(cfg)
+        val_items = []
+        if adversarial and cfg.ADIN.SWITCH == "threshold":
+            items, val_items = split_validation(items, cfg.ADIN.VAL.NUM_IMAGES, cfg.ADIN.VAL.SEED)
+            if not val_items:
+                raise ValueError("ADIN.SWITCH 'threshold' needs a validation subset: no identity has 2 images")
+        train_set = DGCommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+        self.nuisance_stats = None
+        if adversarial:
+            self.nuisance_stats = measure(head_names(cfg), [train_set.cam_dict[it[2]] for it in items],
+                                          [int(it[3].get("timeid", -1)) for it in items])
+        self.val_loader = None
+        if val_items:
+            val_set = DGCommDataset([(p, train_set.pid_dict[pid], train_set.cam_dict.get(c, -1), e)
+                                     for p, pid, c, e in val_items],
+                                    build_transforms(cfg, is_train=False), relabel=False)
+            self.val_loader, _ = build_reid_test_loader(val_set, cfg.TEST.IMS_PER_BATCH, 0,
+                                                     num_workers=cfg.DATALOADER.NUM_WORKERS)
+            if comm.is_main_process():
+                logger.info(f"ADIN: {len(val_items)} training images held out to monitor the identity error")
+        return build_dg_train_loader(cfg, train_set=train_set)
+
+    def auto_scale_hyperparams(self, cfg, num_classes):
+        cfg = DGTrainer.auto_scale_hyperparams(cfg, num_classes)
+        if self.nuisance_stats is not None and not cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES:
+            frozen = cfg.is_frozen()
+            cfg.defrost()
+            heads = head_names(cfg)
+            cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES = [self.nuisance_stats.num_classes[h] for h in heads]
+            logger.info(f"ADIN nuisance heads {heads}: {cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES} classes, priors "
+                        + "; ".join(f"{h}: {[round(float(p), 4) for p in self.nuisance_stats.priors[h]]}"
+                                    for h in heads))
+            if comm.is_main_process() and cfg.OUTPUT_DIR:   # keep the saved config complete
+                with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                    f.write(cfg.dump())
+            if frozen:
+                cfg.freeze()
+        return cfg
+
+    # -------------------------------------------------------------- optimizers and schedule
+    @classmethod
+    def build_optimizers(cls, cfg, model):
+        opts = {"main": build_optimizer(cfg, model, include=lambda n: not n.startswith("nuisance."))}
+        if cfg.MODEL.ADIN.ADV_LOSS != "none":
+            opts["nuisance"] = build_optimizer(cfg, model, include=lambda n: n.startswith("nuisance."))
+            if cfg.ADIN.ADV_OBJECTIVE == "adv":
+                opts["extractor"] = build_optimizer(cfg, model, include=lambda n: n.startswith(EXTRACTOR))
+        return opts
+
+    def build_schedule(self, cfg):
+        return build_adin_schedule(cfg, lambda trainer: identity_error(trainer.model, self.val_loader))

@@ -1,0 +1,86 @@
+"""The nuisance prior p_k measured on the training set, the held-out validation subset, and the
+seeded VehicleID test draws of Table 4."""
+import collections
+import glob
+import os
+import re
+
+import pytest
+import torch
+
+from adin_testutils import build_trainer
+from adin.schedule import identity_error
+from adin.trainer import split_validation
+from plugins.engine.step import unwrap
+
+CANE = "projects/ADIN/configs/Synthetic/adin_cane.yml"
+
+
+def test_nuisance_prior_is_measured_on_the_training_images(synthetic_root, tmp_path):
+    trainer = build_trainer(CANE, tmp_path, synthetic_root, "ADIN.VAL.NUM_IMAGES", "5")
+    held_out = {it[0] for it in trainer.val_loader.dataset.img_items}
+    assert len(held_out) == 5
+    # independently: camera and period from the file names of the sources' training folders
+    cams, times = collections.Counter(), collections.Counter()
+    for d in range(3):
+        for path in glob.glob(os.path.join(synthetic_root, "synthreid", f"domain{d}", "bounding_box_train", "*.png")):
+            if path in held_out:
+                continue
+            _, c, t, _ = map(int, re.search(r"(\d+)_c(\d+)_t(\d+)_(\d+)\.png$", path).groups())
+            cams[f"synthdomain{d}_{c - 1}"] += 1
+            times[t - 1] += 1
+    n = sum(cams.values())
+    expected_cam = torch.tensor([cams[k] / n for k in sorted(cams)])
+    expected_time = torch.tensor([times[k] / n for k in range(max(times) + 1)])
+    stats = trainer.nuisance_stats
+    assert torch.allclose(stats.priors["camera"], expected_cam)
+    assert torch.allclose(stats.priors["time"], expected_time)
+    model = unwrap(trainer.model)
+    assert torch.allclose(model.prior_camera, expected_cam) and torch.allclose(model.prior_time, expected_time)
+    assert trainer.cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES == [len(cams), len(expected_time)]
+    # the held-out images carry the identity labels of the training set
+    pid_dict = trainer.data_loader.dataset.pid_dict
+    for path, label, _, _ in trainer.val_loader.dataset.img_items:
+        d, pid = re.search(r"domain(\d+)/bounding_box_train/(\d+)_", path).groups()
+        assert label == pid_dict[f"synthdomain{d}_{int(pid)}"]
+    # the monitored error: top-1 error of f_I(f_E(x)) over the held-out images, in eval mode
+    val = trainer.val_loader.dataset
+    model.eval()
+    with torch.no_grad():
+        images = torch.stack([val[i]["images"] for i in range(len(val))])
+        pred = model.identity(model.extract({"images": images})).argmax(1)
+    expected_err = float((pred != torch.tensor([val[i]["targets"] for i in range(len(val))])).float().mean())
+    model.train()
+    assert identity_error(trainer.model, trainer.val_loader) == pytest.approx(expected_err)
+    assert model.training
+
+
+def test_validation_subset_keeps_every_identity_in_training():
+    items = [(f"img{i}", f"p{i // 3}" if i < 12 else f"single{i}", "c0", {}) for i in range(15)]
+    train, val = split_validation(items, 3, seed=1)
+    assert len(val) == 3 and len(train) == 12
+    assert len({it[1] for it in val}) == 3                          # one image per chosen identity
+    assert {it[1] for it in val} <= {it[1] for it in train}         # which keep training images
+    assert not any(it[1].startswith("single") for it in val)        # ids with one image never held out
+    assert split_validation(items, 3, seed=1) == (train, val)       # seeded
+    assert len(split_validation(items, 100)[1]) == 4                # at most one per eligible id
+
+
+def test_vehicleid_draws_are_seeded(tmp_path):
+    from adin.datasets import VehicleID1600, VehicleID3200
+    split = tmp_path / "vehicleid" / "train_test_split"
+    split.mkdir(parents=True)
+    (tmp_path / "vehicleid" / "image").mkdir()
+    (split / "train_list.txt").write_text("".join(f"{i:07d} {i // 2}\n" for i in range(8)))
+    lines = "".join(f"{100 + i:07d} {i // 3}\n" for i in range(30))
+    (split / "test_list_1600.txt").write_text(lines)
+    (split / "test_list_3200.txt").write_text(lines)
+    a = VehicleID3200(root=str(tmp_path), split_id=0, verbose=False)
+    b = VehicleID3200(root=str(tmp_path), split_id=0, verbose=False)
+    c = VehicleID3200(root=str(tmp_path), split_id=1, verbose=False)
+    assert a.gallery == b.gallery and a.gallery != c.gallery
+    assert len(a.gallery) == 10 and len(a.query) == 20               # one gallery image per vehicle
+    assert VehicleID3200.NUM_SPLITS == 10
+    assert VehicleID1600(root=str(tmp_path), verbose=False).test_list.endswith("test_list_1600.txt")
+    with pytest.raises(Exception):
+        VehicleID3200(root=str(tmp_path / "missing"))
