@@ -17,11 +17,11 @@ from fastreid.data.datasets import DATASET_REGISTRY
 
 from ..bases import DGDataset
 from .domains import DOMAINS
-from .generate import BENCHMARK_DIR, MARKER, SPLITS
+from .layout import BENCHMARK_DIR, MARKER, SPLITS
 
 _NAME = re.compile(r"(\d+)_c(\d+)_t(\d+)_(\d+)\.png$")
 
-_LAYOUT = """  {bench}/                      (python -m datasets_ext.synthetic.generate --root <root> --preset default)
+_LAYOUT = """  {bench}/     (python -m datasets_ext.synthetic.generate --root <root> --preset default)
     meta.json, COMPLETE, attributes.csv
     domain{k}/bounding_box_train/PPPP_cC_tT_IIII.png   (pid, camera 1.., time period 1.., index)
     domain{k}/query/...   domain{k}/bounding_box_test/...

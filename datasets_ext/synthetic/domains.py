@@ -190,7 +190,8 @@ def _wall(kind, d, rng, h, w, unit):
         for _ in range(max(3, w // int(0.18 * unit))):
             cx, tw = rng.uniform(0, w), rng.uniform(0.015, 0.04) * unit
             img[np.abs(x - cx) < tw] = _pick(rng, d.wall_rgb)
-            crown = ((x - cx) / (0.14 * unit)) ** 2 + ((y - rng.uniform(0.05, 0.25) * h) / (0.12 * unit)) ** 2 < 1
+            cy = rng.uniform(0.05, 0.25) * h
+            crown = ((x - cx) / (0.14 * unit)) ** 2 + ((y - cy) / (0.12 * unit)) ** 2 < 1
             img[crown] = _pick(rng, d.wall_rgb) * 0.8
     elif kind == "foliage":
         leaves = _smooth(rng, h, w, 10) + 0.5 * _smooth(rng, h, w, 24)
@@ -222,7 +223,8 @@ def _floor(kind, d, rng, h, w, unit):
         img *= (1 + 0.08 * _smooth(rng, h, w, 16))[..., None]
         img[..., 2] *= 1.04
     elif kind == "grass":
-        img *= (1 + 0.2 * rng.normal(0, 1, (h, w)).astype(np.float32) + 0.15 * _smooth(rng, h, w, 12))[..., None]
+        blades = 0.2 * rng.normal(0, 1, (h, w)).astype(np.float32)
+        img *= (1 + blades + 0.15 * _smooth(rng, h, w, 12))[..., None]
     elif kind == "concrete":
         img[(wx * 1.5) % 1 < 0.03] *= 0.85
     return img
@@ -238,7 +240,8 @@ def make_scene(domain, camera, rng, size):
     y, x = np.mgrid[0:H, 0:ws].astype(np.float32)
     for _ in range(int(rng.integers(1, 4))):      # poles / signs in the domain's accent colours
         cx, pw = rng.uniform(0, ws), rng.uniform(0.01, 0.03) * unit
-        img[(np.abs(x - cx) < pw) & (y < hz + rng.uniform(0.05, 0.3) * H)] = _pick(rng, domain.accent_rgb + domain.wall_rgb, 20) * 0.7
+        pole = (np.abs(x - cx) < pw) & (y < hz + rng.uniform(0.05, 0.3) * H)
+        img[pole] = _pick(rng, domain.accent_rgb + domain.wall_rgb, 20) * 0.7
     if domain.lamps:
         for _ in range(int(rng.integers(2, 5))):
             cx, cy, r = rng.uniform(0, ws), rng.uniform(0.05, 0.5) * H, rng.uniform(0.04, 0.1) * unit

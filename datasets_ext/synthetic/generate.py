@@ -20,14 +20,9 @@ import cv2
 import numpy as np
 
 from .domains import DOMAINS, TIME_LIGHT, make_camera, make_scene, sample_view, shot_style
+from .layout import BENCHMARK_DIR, FILE_PATTERN, FORMAT_VERSION, MARKER, SPLITS
 from .render import render
 from .spec import ATTRIBUTES, PARSING_CLASSES, TIME_PERIODS, VIEWPOINTS, sample_identity
-
-BENCHMARK_DIR = "synthreid"
-SPLITS = ("bounding_box_train", "query", "bounding_box_test")
-FILE_PATTERN = "{pid:04d}_c{cam}_t{time}_{index:04d}.png"  # cam, time 1-based (as in Market)
-MARKER = "COMPLETE"
-FORMAT_VERSION = 1
 
 PRESETS = {
     "default": dict(domains=4, train_ids=100, test_ids=50, cameras=4, images_per_id=3,

@@ -7,7 +7,7 @@ background separately (resolution, blur: normalised within each layer) or is poi
 and the mask is exact. Parsing classes: see spec.PARSING_CLASSES.
 """
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -51,7 +51,7 @@ class Style:
     saturation: float = 1.0
     contrast: float = 1.0
     gamma: float = 1.0
-    shade: float = field(default=0.06)  # side-lighting on the body (volume cue)
+    shade: float = 0.06        # side-lighting on the body (volume cue)
 
 
 @dataclass
@@ -136,7 +136,7 @@ def _draw_person(idn, view, hw):
             top = np.array([s * usign * hp * 0.5, 0.5])
             ank = np.array([s * usign * (hp * 0.45 + abs(view.stride) * 0.2), 0.94])
         c.limb(LEG | f, top, ank, lw, lw * 0.65)
-        knee = 0.66 if idn.lower_type == 1 else 0.935     # shorts end above the knee
+        knee = 0.66 if idn.lower_type == 1 else 0.95      # shorts end above the knee
         if idn.lower_type != 2:
             t = (knee - 0.5) / 0.44
             c.limb(LOWER | f, top, top + t * (ank - top), lw * 1.2, lw * (1.15 - 0.4 * t))
@@ -171,7 +171,7 @@ def _draw_person(idn, view, hw):
         if idn.hat:
             c.ellipse(HAT, 0, cy - 0.006, ru * 1.12, hd * 1.02, 180, 360)
             brim = (ru * 0.2, ru * 1.65) if side else (-ru * 1.2, ru * 1.2)
-            if view.viewpoint != "back" or not side:
+            if view.viewpoint != "back":            # the brim faces forward
                 c.poly(HAT, [(brim[0], cy - 0.012), (brim[1], cy - 0.012), (brim[1], cy + 0.002),
                              (brim[0], cy + 0.002)])
 
@@ -225,7 +225,7 @@ def _draw_person(idn, view, hw):
     return c
 
 
-def _colourize(idn, view, c):
+def _colourize(idn, c):
     rgb = np.zeros((32, 3), np.float32)
     for m, col in ((FACE, idn.skin), (HAIR, idn.hair_rgb), (HAT, idn.hat_rgb),
                    (UPPER, idn.upper_rgb), (ARM, idn.skin), (LOWER, idn.lower_rgb),
@@ -311,7 +311,7 @@ def render(identity, view, style=Style(), size=(128, 64), background=None, noise
     H, W = size
     hw = (max(8, round(H * style.res_scale)), max(4, round(W * style.res_scale)))
     canvas = _draw_person(identity, view, hw)
-    person, u = _colourize(identity, view, canvas)
+    person, u = _colourize(identity, canvas)
     # side light on the body (volume), far limbs darker
     person *= (1 + style.shade * np.clip(u / 0.15, -1, 1))[None, :, None]
     person[canvas.mat >= FAR] *= 0.78

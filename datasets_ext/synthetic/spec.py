@@ -99,7 +99,7 @@ def sample_identity(rng):
     g = int(rng.random() < 0.45)
     shoulder = (0.092 if g else 0.108) * rng.uniform(0.92, 1.1)
     n = len(COLOUR_NAMES)
-    upper = int(rng.integers(n))
+    upper = int(rng.choice(n, p=_UPPER_P))
     upper2 = int((upper + rng.integers(1, n)) % n)
     lower = int(rng.choice(n, p=_LOWER_P))
     shoe = int(rng.random() < 0.35)
@@ -127,7 +127,10 @@ def sample_identity(rng):
     )
 
 
-# Lower garments lean towards dark/blue/gray, as in street scenes, but every colour occurs.
+# Street-like colour priors (many dark/neutral/blue clothes, so people get confusable), but
+# every colour occurs. Order: COLOUR_NAMES.
+_UPPER_P = np.array([3, 2, 2, 1, 0.4, 0.5, 0.7, 2, 0.4, 0.6, 1])
+_UPPER_P = _UPPER_P / _UPPER_P.sum()
 _LOWER_P = np.array([3, 1, 2, 0.5, 0.3, 0.3, 0.6, 2.5, 0.5, 0.4, 1.4])
 _LOWER_P = _LOWER_P / _LOWER_P.sum()
 
