@@ -76,7 +76,7 @@ def step_time(config_file, root, iters=10, warmup=3):
         with EventStorage(0) as trainer.storage:
             for i in range(warmup + iters):
                 trainer.iter = step.iter = i
-                trainer.before_step()
+                trainer.storage.iter = i
                 start = time.perf_counter()
                 step.run_step()
                 if torch.cuda.is_available():

@@ -275,7 +275,29 @@ def fix_model_device(cfg):
     return cfg
 
 
-IMPORT_FIXES = (fix_collections_aliases, fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
+def fix_openblas_coretype():
+    """faiss-cpu's bundled OpenBLAS does not recognise some virtual CPUs (generic "Intel Xeon
+    Processor" models) and falls back to slow generic kernels (~5x slower kNN): name the core type
+    from the CPU flags unless the user set OPENBLAS_CORETYPE. Must run before faiss is imported."""
+    import os
+    if os.environ.get("OPENBLAS_CORETYPE") or "faiss" in sys.modules or not sys.platform.startswith("linux"):
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
+    if "GenuineIntel" not in info or "Core" in model or "Xeon(R) CPU" in model:
+        return   # a named Intel model: OpenBLAS identifies it itself
+    coretype = "SkylakeX" if "avx512f" in flags else "Haswell" if "avx2" in flags else None
+    if coretype:
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+        _mark("openblas_coretype")
+
+
+IMPORT_FIXES = (fix_openblas_coretype, fix_collections_aliases, fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
                  fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu)
 

@@ -214,3 +214,18 @@ def test_shims_are_noops_on_a_healthy_stack():
     for name in ("dataloaderx_cpu", "amp_on_cpu", "jaccard_cpu_faiss", "launch_cpu_gloo", "model_device"):
         assert name not in out, out
     assert "fastreid.data.data_utils cuda" in out
+
+
+def test_openblas_coretype_named_for_generic_virtual_cpus():
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    code = PRELUDE + "compat.fix_openblas_coretype(); import os; print('core', os.environ.get('OPENBLAS_CORETYPE'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
+    info = open("/proc/cpuinfo").read()
+    model = next(l for l in info.splitlines() if l.startswith("model name"))
+    generic = "GenuineIntel" in info and "Core" not in model and "Xeon(R) CPU" not in model
+    expected = ("SkylakeX" if "avx512f" in info else "Haswell" if "avx2" in info else None) if generic else None
+    assert f"core {expected}" in out, out
+    env["OPENBLAS_CORETYPE"] = "Zen"   # a user's choice is never overridden
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
+    assert "core Zen" in out, out

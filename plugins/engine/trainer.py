@@ -121,7 +121,8 @@ class DGTrainer(DefaultTrainer):
     def build_hooks(self):
         cfg = self.cfg
         ret = [hooks.IterationTimer()]
-        ret += [hooks.LRScheduler(opt, self.schedulers[k]) for k, opt in self.optimizers.items()]
+        ret += [NamedLRScheduler(opt, self.schedulers[k], "lr" if k == "main" else f"lr_{k}")
+                for k, opt in self.optimizers.items()]
         if self.schedule is not None:
             ret.append(self.schedule)
         ret += list(self.extra_hooks)
@@ -183,6 +184,21 @@ class DGTrainer(DefaultTrainer):
             report.write_results_json(per_split, os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_JSON))
         results = OrderedDict((t, dict(a["mean"])) for t, a in summary.items())
         return results[next(iter(results))] if len(results) == 1 else results
+
+
+class NamedLRScheduler(hooks.LRScheduler):
+    """fastreid's LR hook, logging under its own name so several optimizers don't share "lr"."""
+
+    def __init__(self, optimizer, scheduler, name="lr"):
+        super().__init__(optimizer, scheduler)
+        self._name = name
+
+    def after_step(self):
+        lr = self._optimizer.param_groups[self._best_param_group_id]["lr"]
+        self.trainer.storage.put_scalar(self._name, lr, smoothing_hint=False)
+        if self.trainer.iter + 1 <= self.trainer.warmup_iters and "warmup_sched" in self._scheduler:
+            if self.trainer.grad_scaler is None or self._scale == self.trainer.grad_scaler.get_scale():
+                self._scheduler["warmup_sched"].step()
 
 
 def build_trainer(cfg):

@@ -1,0 +1,96 @@
+"""Clustering cost on CPU: k-reciprocal Jaccard distance + DBSCAN + refinement of N random but
+clustered 2048-d features (ids of 5-35 images around random unit centres, Gaussian noise).
+
+    python -m plugins.run domainmix.bench_cluster [--sizes 10000 50000] [--dim 2048]
+
+Each size runs in a fresh process with OPENBLAS_CORETYPE set from the CPU flags when unset: the
+OpenBLAS bundled with the faiss-cpu wheel falls back to generic kernels on CPUs it does not
+recognise (virtual machines), ~5x slower kNN; plugins imports faiss early, so the variable has to be
+in the environment before Python starts.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def clustered_features(n, dim=2048, noise=0.03, seed=0):
+    """(features [n, dim], true ids [n]): ids of 5-35 images around random unit centres."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(5, 36, (n // 5,), generator=g)
+    ids = torch.repeat_interleave(torch.arange(len(sizes)), sizes)[:n]
+    centres = F.normalize(torch.randn(int(ids.max()) + 1, dim, generator=g), dim=1)
+    return centres[ids] + noise * torch.randn(n, dim, generator=g), ids.numpy()
+
+
+def openblas_coretype():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    return "SkylakeX" if " avx512f" in flags else "Haswell" if " avx2" in flags else None
+
+
+def measure(n, dim=2048):
+    """Seconds of each step (one process, this one) and the clustering's quality."""
+    from plugins import pseudo_labels as pl
+    x, ids = clustered_features(n, dim)
+    t0 = time.perf_counter()
+    xn = pl._prepare(x)
+    rank, sims = pl.knn_search(xn, 30, use_gpu=False, return_sims=True)
+    t1 = time.perf_counter()
+    v = pl._encoding(xn, rank, sims, 30, 6)
+    t2 = time.perf_counter()
+    dist = pl._jaccard_from_encoding(v, 0.6)
+    t3 = time.perf_counter()
+    labels = pl.refine_clusters(pl.dbscan_labels(dist, 0.6, 4), 5, 120)
+    t4 = time.perf_counter()
+    stats = pl.cluster_stats(labels, ids)
+    return {"knn_s": t1 - t0, "encoding_s": t2 - t1, "jaccard_s": t3 - t2, "dbscan_s": t4 - t3,
+            "total_s": t4 - t0, "stored_pairs_per_image": dist.nnz / n,
+            "dense_matrix_gib": 4 * n * n / 2**30, **stats}
+
+
+def bench_clustering(sizes=(10_000, 50_000), dim=2048):
+    """{"cluster_<n>_<key>": value} from one subprocess per size (see the module doc)."""
+    env = dict(os.environ)
+    core = env.get("OPENBLAS_CORETYPE") or openblas_coretype()
+    if core:
+        env["OPENBLAS_CORETYPE"] = core
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    out = {"cluster_threads": torch.get_num_threads(), "cluster_openblas_coretype": core or "auto"}
+    for n in sizes:
+        res = subprocess.run([sys.executable, "-m", "plugins.run", "domainmix.bench_cluster", "--sizes",
+                              str(n), "--dim", str(dim), "--inline"], env=env, cwd=REPO,
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"clustering benchmark ({n}) failed:\n{res.stderr[-3000:]}")
+        stats = json.loads(res.stdout.strip().splitlines()[-1])
+        out.update({f"cluster_{n}_{k}": round(v, 3) if isinstance(v, float) else v for k, v in stats.items()})
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--inline", action="store_true", help="measure in this process, print JSON")
+    args = p.parse_args(argv)
+    if args.inline:
+        for n in args.sizes:
+            print(json.dumps(measure(n, args.dim)))
+        return
+    for k, v in bench_clustering(args.sizes, args.dim).items():
+        print(f"{k} = {v}")
+
+
+if __name__ == "__main__":
+    main()

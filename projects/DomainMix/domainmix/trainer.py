@@ -1,0 +1,143 @@
+"""DomainMixTrainer: the three stages of Algorithm 1 in one run.
+
+Stage 1 (pseudo labels): until DOMAINMIX.PSEUDO.START_EPOCH the model trains on the labelled
+  sources only; at that epoch's start the unlabelled sources are clustered (PseudoLabelHook, with
+  the model of PSEUDO.WEIGHTS if given), then every PSEUDO.PERIOD epochs again. Labels known in
+  advance come from PSEUDO.LABELS_FILE.
+Stage 2 (Eq. 4) until DOMAINMIX.STAGE3_START, then stage 3: a cycle of ALTERNATE.BACKBONE units of
+  backbone training (Eq. 11, C_d fixed) and ALTERNATE.DISC units of discriminator training (Eq. 5,
+  backbone fixed), a unit being an epoch (Algorithm 1) or an iteration (reference code: 9 + 1).
+An epoch is `len(construction-time training set) // batch` iterations: with labels from clustering
+it counts the labelled sources only (the set grows after clustering; epochs keep their length,
+so a resumed run lines up with the interrupted one).
+"""
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+from fastreid.utils.checkpoint import Checkpointer
+
+from plugins.data import build_dg_train_loader
+from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
+from plugins.engine.step import unwrap
+from plugins.pseudo_labels import PseudoLabelHook, cluster_pseudo_labels
+from plugins.registry import TRAINER_REGISTRY, register_as
+
+from .data import build_train_set, build_unlabelled_loaders
+from .modeling import num_domains
+
+logger = logging.getLogger(__name__)
+
+REID = Phase("reid", (Update(("main",)),))               # Eq. 4 (stages 1-2)
+DISC = Phase("disc", (Update(("disc",)),))               # Eq. 5, backbone fixed
+BACKBONE = Phase("backbone", (Update(("main",)),))       # Eq. 11, C_d fixed
+
+
+def is_disc_param(name):
+    return name.startswith("disc.")
+
+
+def clustering_fn(cfg):
+    """features -> pseudo labels with the config's k1, k2, eps, min_samples and Eq. 1 bounds
+    (none for "initial" labels, KEEP_OUTLIERS: every DBSCAN cluster is kept)."""
+    p = cfg.DOMAINMIX.PSEUDO
+    initial = p.KEEP_OUTLIERS
+    return functools.partial(cluster_pseudo_labels, k1=p.K1, k2=p.K2, eps=p.EPS, min_samples=p.MIN_SAMPLES,
+                             min_size=1 if initial else p.MIN_SIZE, max_size=0 if initial else p.MAX_SIZE)
+
+
+@register_as(TRAINER_REGISTRY, "DomainMixTrainer")
+class DomainMixTrainer(DGTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        unwrap(self.model).num_active_classes = self.data_loader.dataset.num_active_classes
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_dg_train_loader(cfg, train_set=build_train_set(cfg))
+
+    @classmethod
+    def build_optimizers(cls, cfg, model):
+        opts = {"main": build_optimizer(cfg, model, include=lambda n: not is_disc_param(n))}
+        if getattr(unwrap(model), "disc", None) is not None:
+            opts["disc"] = build_optimizer(cfg, model, include=is_disc_param,
+                                           base_lr=cfg.SOLVER.BASE_LR * cfg.DOMAINMIX.DISC_LR_FACTOR)
+        return opts
+
+    @staticmethod
+    def stage3_start(cfg):
+        """First epoch of stage 3, or None when the run has no stage 3."""
+        s = cfg.DOMAINMIX.STAGE3_START
+        return s if 0 <= s < cfg.SOLVER.MAX_EPOCH else None
+
+    def build_schedule(self, cfg):
+        ipe, start = self.iters_per_epoch, self.stage3_start(cfg)
+        if start is None:
+            return AlternatingSchedule(cycle=[Stage(REID, iters=max(ipe, 1))])
+        if num_domains(cfg) < 2:
+            raise ValueError("stage 3 needs >= 2 domains (DATASETS.NAMES + DOMAINMIX.UNLABELLED)")
+        a = cfg.DOMAINMIX.ALTERNATE
+        if a.UNIT not in ("epoch", "iter") or a.BACKBONE < 1 or a.DISC < 1:
+            raise ValueError("DOMAINMIX.ALTERNATE: UNIT epoch|iter, BACKBONE and DISC >= 1")
+        unit = max(ipe, 1) if a.UNIT == "epoch" else 1
+        cycle = [Stage(BACKBONE, iters=a.BACKBONE * unit), Stage(DISC, iters=a.DISC * unit)]
+        warmup = [Stage(REID, iters=start * ipe)] if start * ipe > 0 else []
+        return AlternatingSchedule(warmup=warmup, cycle=cycle[::-1] if a.DISC_FIRST else cycle)
+
+    def build_extra_hooks(self, cfg):
+        if not cfg.DOMAINMIX.UNLABELLED:
+            return []
+        p = cfg.DOMAINMIX.PSEUDO
+        cluster = clustering_fn(cfg)
+        return [PseudoLabelHook(build_unlabelled_loaders(cfg), self.on_pseudo_labels, cfg.OUTPUT_DIR,
+                                first_epoch=p.START_EPOCH, period=p.PERIOD, until_epoch=p.UNTIL_EPOCH, cluster=cluster,
+                                model=self._clustering_model if p.WEIGHTS else None,
+                                needs_features=p.INIT_CLASSIFIER)]
+
+    def _clustering_model(self, epoch):
+        """The PSEUDO.WEIGHTS model for the first clustering, the trained model afterwards."""
+        if epoch != self.cfg.DOMAINMIX.PSEUDO.START_EPOCH:
+            return self.model
+        model = self.build_model(self.cfg)
+        Checkpointer(model).load(self.cfg.DOMAINMIX.PSEUDO.WEIGHTS)
+        return model
+
+    # ------------------------------------------------------------------ pseudo labels
+    def on_pseudo_labels(self, pl):
+        """New (or restored) labels: rebuild the training set and loader, update the classes in
+        force, and (fresh clustering, INIT_CLASSIFIER) set the clusters' classifier rows."""
+        train_set = build_train_set(self.cfg, labels=pl.labels)
+        self._trainer.set_data_loader(build_dg_train_loader(self.cfg, train_set=train_set))
+        model = unwrap(self.model)
+        model.num_active_classes = train_set.num_active_classes
+        logger.info(f"Training set: {train_set.num_labelled_classes} labelled ids + "
+                    f"{train_set.num_active_classes - train_set.num_labelled_classes} clusters, "
+                    f"{len(train_set)} images")
+        if pl.features is not None and not pl.restored and self.cfg.DOMAINMIX.PSEUDO.INIT_CLASSIFIER:
+            self.init_classifier(train_set, pl)
+
+    @torch.no_grad()
+    def init_classifier(self, train_set, pl):
+        """Classifier row of each cluster := its L2-normalised mean feature (reference code); the
+        optimizer's state of those rows is reset."""
+        weight = unwrap(self.model).heads.weight
+        index = {p: i for i, p in enumerate(pl.paths)}
+        members = {}
+        for path, lab in pl.labels.items():
+            if lab >= 0 and path in index:
+                members.setdefault(lab, []).append(index[path])
+        rows, centres = [], []
+        for lab, idx in members.items():
+            row = train_set.pseudo_class(lab)
+            if row is not None:
+                rows.append(row)
+                centres.append(pl.features[idx].mean(0))
+        if not rows:
+            return
+        rows_t = torch.as_tensor(rows, device=weight.device)
+        weight[rows_t] = F.normalize(torch.stack(centres), dim=1).to(weight)
+        for opt in self.optimizers.values():
+            for key, val in opt.state.get(weight, {}).items():
+                if torch.is_tensor(val) and val.shape == weight.shape:
+                    val[rows_t] = 0

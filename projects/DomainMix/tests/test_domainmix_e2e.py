@@ -1,0 +1,109 @@
+"""End to end through train_net: interrupted-in-stage-3 resume, every shipped config built into a
+trainer, and one run for each distinct code path among the shipped configs."""
+import json
+import os
+
+import pytest
+
+from domainmix_test_utils import all_configs, build_trainer, load_cfg, synthetic_overrides
+from plugins.pseudo_labels import read_labels
+from tests.e2e_utils import results_json, run_train_net
+
+MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"
+FAST = ["TEST.EVAL_PERIOD", "100", "SOLVER.CHECKPOINT_PERIOD", "1"]   # evaluate once, at the end
+
+
+def _metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_interrupted_in_stage3_resumes_in_stage3_with_the_same_labels(synthetic_root, tmp_path, monkeypatch):
+    """Clustering at the start, stage 2 in epoch 0, stage 3 from epoch 1 (backbone epoch, then
+    discriminator epoch); the run dies in epoch 2 (stage 3, after the epoch-1 checkpoint).
+    --resume continues at epoch 2 in the discriminator phase with the labels of the first
+    clustering, re-read from the run's file, without clustering again."""
+    from domainmix.trainer import DomainMixTrainer
+    from plugins.engine.step import DGStep
+    opts = synthetic_overrides(MAIN) + FAST + [
+        "SOLVER.MAX_EPOCH", "3", "DOMAINMIX.PSEUDO.START_EPOCH", "0", "DOMAINMIX.PSEUDO.PERIOD", "0",
+        "DOMAINMIX.STAGE3_START", "1", "DOMAINMIX.ALTERNATE.DISC_FIRST", "False"]
+    seen, labels_seen = [], []
+    orig_step, orig_labels = DGStep.run_step, DomainMixTrainer.on_pseudo_labels
+
+    def step(self):
+        seen.append((self.iter, self.schedule.current_phase().name))
+        if crash and self.iter == 7:         # epoch 2 (3 iterations an epoch), stage 3
+            raise RuntimeError("interrupted")
+        return orig_step(self)
+
+    def on_labels(self, pl):
+        labels_seen.append(pl)
+        return orig_labels(self, pl)
+    monkeypatch.setattr(DGStep, "run_step", step)
+    monkeypatch.setattr(DomainMixTrainer, "on_pseudo_labels", on_labels)
+    crash = True
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_train_net(MAIN, tmp_path, synthetic_root, *opts)
+    assert [p for _, p in seen] == ["reid"] * 3 + ["backbone"] * 3 + ["disc"] * 2
+    assert len(labels_seen) == 1 and labels_seen[0].epoch == 0 and not labels_seen[0].restored
+    first = labels_seen[0].labels
+    assert read_labels(str(tmp_path / "pseudo_labels" / "epoch_000.json")) == first
+    assert any(v >= 0 for v in first.values())
+    files = sorted(os.listdir(tmp_path / "pseudo_labels"))
+    with open(tmp_path / "last_checkpoint") as f:
+        assert f.read().strip() == "model_0001.pth"
+
+    crash, seen[:], labels_seen[:] = False, [], []
+    run_train_net(MAIN, tmp_path, synthetic_root, *opts, flags=["--resume"])
+    assert seen == [(6, "disc"), (7, "disc"), (8, "disc")]
+    assert len(labels_seen) == 1 and labels_seen[0].restored and labels_seen[0].labels == first
+    assert sorted(os.listdir(tmp_path / "pseudo_labels")) == files          # nothing re-clustered
+    assert "SynthDomain3" in results_json(tmp_path)["splits"]
+
+
+@pytest.mark.parametrize("config", all_configs())
+def test_every_config_builds_a_trainer(config, synthetic_root, tmp_path):
+    """Every shipped config (bases included) loads, merges and builds on the tiny benchmark."""
+    t = build_trainer(config, synthetic_root, tmp_path)
+    cfg = t.cfg
+    assert cfg.TRAINER.NAME == "DomainMixTrainer" and cfg.MODEL.META_ARCHITECTURE == "DomainMix"
+    n = len(cfg.DATASETS.NAMES) + len(cfg.DOMAINMIX.UNLABELLED)
+    assert (t.model.disc is not None) == (n > 1) and set(t.optimizers) == ({"main", "disc"} if n > 1 else {"main"})
+    assert bool(t.extra_hooks) == bool(cfg.DOMAINMIX.UNLABELLED)
+
+
+# One run per distinct code path of the shipped configs (the others differ from one of these only
+# by dataset names, output dir, or values the run does not reach: epochs, learning-rate steps).
+# Each: 2 epochs; epoch 0 on the labelled sources, clustering at the start of epoch 1 (as stage 1
+# does: the loader is swapped mid-run), stage 3 (if any) from epoch 1.
+RUNS = {
+    "projects/DomainMix/configs/Synthetic/only_synthetic.yml": [],                  # one domain, no C_d
+    "projects/DomainMix/configs/RP_MSMT-Market/ibn/domainmix_kl.yml": ["weights"],  # KL, IBN, stage-1 model
+    "projects/DomainMix/configs/Synthetic/domainmix_3domains.yml": [],              # n = 3
+    "projects/DomainMix/configs/Synthetic/domainmix_refcode.yml": [],               # 9 + 1 iterations, period 1
+    "projects/DomainMix/configs/RP_CUHK-Market/directmix_initial.yml": [],          # no refinement, outliers kept
+    "projects/DomainMix/configs/RP_MSMT-Market/domainmix_labeled.yml": [],          # labelled real, no clustering
+}
+
+
+def test_code_path_runs(synthetic_root, tmp_path_factory):
+    from domainmix.trainer import DomainMixTrainer
+    weights = None
+    for config, extra in RUNS.items():
+        out = tmp_path_factory.mktemp("run")
+        cfg = load_cfg(config, synthetic_root, out)
+        has_stage3 = DomainMixTrainer.stage3_start(cfg) is not None
+        opts = FAST + ["SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.MAX_EPOCH", "2",
+                       "DOMAINMIX.PSEUDO.START_EPOCH", "1", "DOMAINMIX.STAGE3_START", "1" if has_stage3 else "-1"]
+        if "weights" in extra:    # the first clustering with another run's model (stage-1 weights)
+            opts += ["DOMAINMIX.PSEUDO.WEIGHTS", weights]
+        results = run_train_net(config, out, synthetic_root, *synthetic_overrides(config), *opts)
+        assert 0 < results["mAP"] <= 100, config
+        logged = {k for m in _metrics(out) for k in m}
+        assert ("domain_acc" in logged) == has_stage3, config          # C_d ran (either phase)
+        alt = cfg.DOMAINMIX.ALTERNATE   # epoch 1 (of 3 iterations) has a backbone step against C_d
+        backbone_step = has_stage3 and (not alt.DISC_FIRST or (alt.UNIT == "iter" and alt.DISC < 3))
+        assert ("loss_dm" in logged) == backbone_step, config
+        assert os.path.exists(out / "pseudo_labels.json") == bool(cfg.DOMAINMIX.UNLABELLED), config
+        weights = weights or str(out / "model_final.pth")
