@@ -1,0 +1,166 @@
+"""Predict PTL's pseudo labels for a dataset with user-supplied models (format: ptl/labels.py).
+
+    python -m plugins.run ptl.make_labels --root datasets --datasets DG_DukeMTMC --out datasets/ptl_labels \
+        [--parsing-model parser.pt] [--attribute-model peta.pt --attribute-spec peta.json] \
+        [--splits train] [--input-size 256 128] [--batch-size 64] [--device cpu]
+
+Model contract (TorchScript files, `torch.jit.save`; ONNX files only with onnxruntime installed):
+  input   float32 [B, 3, H, W], RGB in [0, 1], each image resized (bilinear) to --input-size H W;
+          the model does its own mean/std normalisation.
+  parsing output: [B, K, h, w] class scores (K = --num-classes, background = class 0), upsampled
+          bilinearly to the image's own size and arg-maxed; or [B, h, w] class indices (resized
+          nearest-neighbour).
+  attribute output: [B, sum_j M_j] concatenated per-attribute logits in --attribute-spec order, or
+          a tuple/list of [B, M_j] logits; a softmax per attribute gives the soft labels
+          (--probabilities: the outputs already are distributions).
+  --attribute-spec: JSON {"attributes": [{"name": "hairLong", "classes": ["False", "True"]}, ...]}.
+Labels of several datasets may share one directory: existing attribute rows are kept (same spec).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .labels import (ATTRIBUTES_FILE, AttributeSpec, LabelError, parsing_file, read_attribute_table,
+                     relative_image_path, write_attribute_table, write_parsing)
+
+
+def load_model(path, device="cpu"):
+    """A callable Tensor -> output for a TorchScript (or, with onnxruntime, ONNX) file."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"model file '{path}' not found")
+    if path.endswith(".onnx"):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise SystemExit(f"'{path}': ONNX models need onnxruntime, which is not installed here; "
+                             "export the model to TorchScript (torch.jit.trace/script + torch.jit.save) "
+                             "or install onnxruntime") from None
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run(x):
+            outs = [torch.from_numpy(o) for o in session.run(None, {name: x.cpu().numpy()})]
+            return outs[0] if len(outs) == 1 else outs
+        return run
+    model = torch.jit.load(path, map_location=device)
+    model.eval()
+    return model
+
+
+def read_spec(path):
+    with open(path) as f:
+        attrs = json.load(f)["attributes"]
+    return AttributeSpec(tuple(a["name"] for a in attrs), tuple(tuple(a["classes"]) for a in attrs))
+
+
+def dataset_images(root, names, splits):
+    from fastreid.data.datasets import DATASET_REGISTRY
+    paths = []
+    for name in names:
+        data = DATASET_REGISTRY.get(name)(root=root)
+        for split in splits:
+            paths += [it[0] for it in getattr(data, split)]
+    return sorted(set(paths))
+
+
+def load_batch(paths, size):
+    imgs, sizes = [], []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            sizes.append(im.size)
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+            imgs.append(torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(imgs), sizes
+
+
+def parsing_maps(out, sizes, num_classes, paths):
+    if out.dim() == 3:   # class indices
+        return [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest")[0, 0].long().numpy()
+                for o, (w, h) in zip(out, sizes)]
+    if out.dim() != 4 or out.shape[1] != num_classes:
+        raise LabelError(f"parsing model output {tuple(out.shape)} for images {paths[0]}...: expected "
+                         f"[B, {num_classes}, h, w] scores or [B, h, w] classes")
+    return [F.interpolate(o[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+            .argmax(0).numpy() for o, (w, h) in zip(out, sizes)]
+
+
+def attribute_probs(out, spec, probabilities, paths):
+    parts = list(out) if isinstance(out, (list, tuple)) else None
+    if parts is None:
+        if out.dim() != 2 or out.shape[1] != sum(spec.num_classes):
+            raise LabelError(f"attribute model output {tuple(out.shape)} for images {paths[0]}...: expected "
+                             f"[B, {sum(spec.num_classes)}] ({len(spec.names)} attributes)")
+        parts = torch.split(out, list(spec.num_classes), dim=1)
+    if [p.shape[1] for p in parts] != list(spec.num_classes):
+        raise LabelError(f"attribute model gives {[p.shape[1] for p in parts]} classes, the spec "
+                         f"{list(spec.num_classes)}")
+    parts = [p.float() if probabilities else p.float().softmax(1) for p in parts]
+    return torch.cat(parts, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def make_labels(root, names, out, parsing_model=None, attribute_model=None, spec=None, splits=("train",),
+                size=(256, 128), batch_size=64, num_classes=8, probabilities=False, device="cpu"):
+    """Returns the number of images labelled."""
+    if parsing_model is None and attribute_model is None:
+        raise SystemExit("give --parsing-model and/or --attribute-model")
+    paths = dataset_images(root, names, splits)
+    rows = {}
+    for s in range(0, len(paths), batch_size):
+        chunk = paths[s:s + batch_size]
+        x, sizes = load_batch(chunk, size)
+        x = x.to(device)
+        if parsing_model is not None:
+            for p, m in zip(chunk, parsing_maps(parsing_model(x), sizes, num_classes, chunk)):
+                write_parsing(parsing_file(out, relative_image_path(p, root)), m)
+        if attribute_model is not None:
+            for p, v in zip(chunk, attribute_probs(attribute_model(x), spec, probabilities, chunk)):
+                rows[relative_image_path(p, root)] = v
+    if attribute_model is not None:
+        table = osp.join(out, ATTRIBUTES_FILE)
+        if osp.isfile(table):
+            old_spec, old = read_attribute_table(table)
+            if old_spec != spec:
+                raise LabelError(f"'{table}' holds other attributes ({', '.join(old_spec.names)}): "
+                                 "use another --out")
+            rows = {**old, **rows}
+        write_attribute_table(table, spec, rows)
+    return len(paths)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=os.getenv("FASTREID_DATASETS", "datasets"), help="datasets root")
+    p.add_argument("--datasets", nargs="+", required=True, help="registered names, e.g. DG_DukeMTMC")
+    p.add_argument("--out", help="label directory (default: <root>/ptl_labels)")
+    p.add_argument("--splits", nargs="+", default=["train"], choices=["train", "query", "gallery"])
+    p.add_argument("--parsing-model")
+    p.add_argument("--num-classes", type=int, default=8, help="parsing classes K, background = 0")
+    p.add_argument("--attribute-model")
+    p.add_argument("--attribute-spec", help="JSON with the attribute names and classes")
+    p.add_argument("--probabilities", action="store_true", help="attribute outputs are already softmaxed")
+    p.add_argument("--input-size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if a.attribute_model and not a.attribute_spec:
+        p.error("--attribute-model needs --attribute-spec")
+    out = a.out or osp.join(a.root, "ptl_labels")
+    n = make_labels(a.root, a.datasets, out,
+                    load_model(a.parsing_model, a.device) if a.parsing_model else None,
+                    load_model(a.attribute_model, a.device) if a.attribute_model else None,
+                    read_spec(a.attribute_spec) if a.attribute_spec else None, tuple(a.splits),
+                    tuple(a.input_size), a.batch_size, a.num_classes, a.probabilities, a.device)
+    print(f"{out}: labels of {n} images")
+    return n
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""PTLTrainer: DGTrainer with the target-domain loader as extra loader (hook point d) and the
+attribute classes filled in from the label table before the model is built. With PTL.SSG.ENABLED
+it runs the clustering fine-tuning stage instead (pseudo-label hook + loader swaps, ptl/ssg.py)."""
+import logging
+import os
+
+from fastreid.utils import comm
+
+from plugins.engine import DGTrainer
+from plugins.registry import TRAINER_REGISTRY, register_as
+
+from . import ssg
+from .data import attribute_spec, build_source_loader, build_target_loader, uses
+
+logger = logging.getLogger(__name__)
+
+
+@register_as(TRAINER_REGISTRY, "PTLTrainer")
+class PTLTrainer(DGTrainer):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return ssg.initial_loader(cfg) if cfg.PTL.SSG.ENABLED else build_source_loader(cfg)
+
+    @classmethod
+    def build_extra_loaders(cls, cfg):
+        return {"target": build_target_loader(cfg)} if any(uses(cfg, "target").values()) else {}
+
+    def build_extra_hooks(self, cfg):
+        if not cfg.PTL.SSG.ENABLED:
+            return []
+        self.ssg = ssg.SSGStage(self, cfg)
+        return [self.ssg.hook()]
+
+    @staticmethod
+    def auto_scale_hyperparams(cfg, num_classes):
+        cfg = DGTrainer.auto_scale_hyperparams(cfg, num_classes)
+        spec = attribute_spec(cfg)
+        if spec is not None and not cfg.PTL.ATTR.NUM_CLASSES:
+            frozen = cfg.is_frozen()
+            cfg.defrost()
+            cfg.PTL.ATTR.NUM_CLASSES = list(spec.num_classes)
+            logger.info("PTL attributes: " + ", ".join(f"{n} ({m})" for n, m in zip(spec.names, spec.num_classes)))
+            if comm.is_main_process() and cfg.OUTPUT_DIR:   # so --eval-only with this file needs no table
+                with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                    f.write(cfg.dump())
+            if frozen:
+                cfg.freeze()
+        return cfg

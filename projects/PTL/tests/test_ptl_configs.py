@@ -1,0 +1,135 @@
+"""Every shipped config builds its trainer on the tiny synthetic benchmark and trains a step with the
+loss terms its variant names (configs identical to an earlier one once swapped onto the benchmark,
+e.g. Duke2Market/ptl.yml and Market2Duke/ptl.yml, are built but not trained again); PTL trains end
+to end (train -> eval -> --eval-only) on the benchmark's ground truth and, for a paper config, on
+exported label files."""
+import glob
+import math
+import os
+
+import pytest
+import torch
+from fastreid.utils.events import EventStorage
+from plugins.projects import import_projects
+
+import_projects()
+from plugins.config import get_dg_cfg  # noqa: E402
+from plugins.engine import TRAINER_REGISTRY  # noqa: E402
+from tests.e2e_utils import REPO, results_json, run_train_net  # noqa: E402
+
+CONFIG_DIR = os.path.join(REPO, "projects", "PTL", "configs")
+CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yml"), recursive=True)
+                 if not os.path.basename(p).startswith("Base-"))
+
+
+def small(config, labels):
+    """Overrides swapping a paper-size config onto the tiny benchmark (files labels: exported truth)."""
+    if "/Synthetic/" in config:
+        return []
+    return ["DATASETS.NAMES", '("SynthDomain0",)', "DATASETS.TESTS", '("SynthDomain3",)',
+            "PTL.TARGET.NAMES", '("SynthDomain3",)', "PTL.LABELS.DIR", labels,
+            "MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512",
+            "INPUT.SIZE_TRAIN", "[64,32]", "INPUT.SIZE_TEST", "[64,32]", "SOLVER.AMP.ENABLED", "False",
+            "PTL.HP.MID_CHANNELS", "32", "PTL.ATTR.EMBED_DIM", "32"]
+
+
+def merged(config, root, out, labels):
+    cfg = get_dg_cfg()
+    cfg.merge_from_file(os.path.join(REPO, config))
+    cfg.merge_from_list(["DATASETS.ROOT", root, "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu",
+                         "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "16",
+                         "PTL.TARGET.IMS_PER_BATCH", "8", "MODEL.BACKBONE.PRETRAIN", "False",
+                         "MODEL.WEIGHTS", "", *small(config, labels)])
+    return cfg
+
+
+def _first_of_each_kind():
+    seen = {}
+    for c in CONFIGS:
+        seen.setdefault(merged(c, "ROOT", "OUT", "LABELS").dump(), c)
+    return set(seen.values())
+
+
+TRAINED = _first_of_each_kind()
+
+
+@pytest.fixture(scope="module")
+def labels(synthetic_root, tmp_path_factory):
+    from ptl.export_synthetic import export
+    out = str(tmp_path_factory.mktemp("ptl_labels"))
+    export(synthetic_root, out, noise=1.0)
+    return out
+
+
+def expected_terms(cfg):
+    if cfg.PTL.SSG.ENABLED:
+        return {f"loss_ssg_{p}" for p in cfg.PTL.SSG.PARTS}
+    out = {"loss_cls", "loss_triplet"}
+    for task, key in (("hp", "HP"), ("attr", "ATTR")):
+        out |= {f"loss_{task}_{d[0]}" for d in cfg.PTL[key].DOMAINS}
+    return out
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_builds_and_trains(config, synthetic_root, labels, tmp_path):
+    cfg = merged(config, synthetic_root, str(tmp_path), labels)
+    trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+    model = trainer.model
+    assert type(model).__name__ == "PTLBaseline" and type(trainer).__name__ == "PTLTrainer"
+    assert (model.parsing_head is not None) == bool(cfg.PTL.HP.DOMAINS)
+    assert (model.attribute_heads is not None) == bool(cfg.PTL.ATTR.DOMAINS)
+    assert set(trainer._trainer.extra_loaders) == ({"target"} if "target" in cfg.PTL.HP.DOMAINS + cfg.PTL.ATTR.DOMAINS
+                                                   else set())
+    if config not in TRAINED:
+        return
+    if cfg.PTL.SSG.ENABLED:   # pseudo labels as the clustering hook would hand them over (clustering: e2e below)
+        table = {p: [i // 4, (i // 2) % 5, -1 if i % 3 else i % 4] for i, p in enumerate(trainer.ssg.items)}
+        trainer._trainer.set_data_loader(trainer.ssg.loader(table))
+    before = [p.detach().clone() for p in model.backbone.parameters()]
+    with EventStorage(0) as trainer.storage:
+        trainer.iter = trainer._trainer.iter = 0
+        trainer._trainer.run_step()
+        terms = {k for k in trainer.storage.histories() if k.startswith("loss_")}
+        assert terms == expected_terms(cfg)
+        assert all(math.isfinite(trainer.storage.history(k).latest()) for k in terms)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.backbone.parameters()))
+
+
+ONE_SOURCE = ["DATASETS.NAMES", '("SynthDomain1",)', "PTL.TARGET.IMS_PER_BATCH", "8"]   # 3 steps an epoch
+
+
+def test_ptl_then_ssg_end_to_end(synthetic_root, tmp_path):
+    """PTL -> --eval-only -> SSG fine-tuning from its checkpoint (clustering at epochs 0 and 2) ->
+    --resume with the pseudo labels in force."""
+    out = tmp_path / "run"
+    results = run_train_net("projects/PTL/configs/Synthetic/ptl.yml", out, synthetic_root, *ONE_SOURCE)
+    assert set(results_json(out)["splits"]) == {"SynthDomain3", "SynthDomain0"}
+    # the saved config carries the attribute classes: evaluation needs no label table
+    evaluated = run_train_net(str(out / "config.yaml"), tmp_path / "eval", synthetic_root,
+                              "MODEL.WEIGHTS", str(out / "model_final.pth"), "PTL.LABELS.SOURCE", "files",
+                              "PTL.LABELS.DIR", str(tmp_path / "nowhere"), flags=["--eval-only"])
+    for target in ("SynthDomain3", "SynthDomain0"):
+        assert evaluated[target]["mAP"] == pytest.approx(results[target]["mAP"], abs=1e-4)
+
+    ssg = tmp_path / "ssg"
+    small_clusters = ["MODEL.WEIGHTS", str(out / "model_final.pth"), "SOLVER.IMS_PER_BATCH", "8",
+                      "TEST.EVAL_PERIOD", "100", "SOLVER.STEPS", "[2]", "PTL.SSG.PERIOD", "2",
+                      "PTL.SSG.K1", "10", "PTL.SSG.K2", "3", "PTL.SSG.MIN_SAMPLES", "2"]
+    run_train_net("projects/PTL/configs/Synthetic/ptl_ssg.yml", ssg, synthetic_root, *small_clusters,
+                  "SOLVER.MAX_EPOCH", "2")                          # clusters at epoch 0
+    assert "Loading checkpoint from " + str(out / "model_final.pth") in (ssg / "log.txt").read_text()
+    assert "loss_ssg_lower" in (ssg / "metrics.json").read_text()
+    run_train_net("projects/PTL/configs/Synthetic/ptl_ssg.yml", ssg, synthetic_root, *small_clusters,
+                  "SOLVER.MAX_EPOCH", "3", flags=["--resume"])      # epoch 2: labels restored, re-clustered
+    log = (ssg / "log.txt").read_text()
+    assert "Resuming with the pseudo labels of ssg_pseudo_labels/epoch_000.json" in log
+    assert sorted(os.listdir(ssg / "ssg_parts")) == ["epoch_000.json", "epoch_002.json"]
+    assert torch.load(ssg / "model_final.pth", weights_only=True)["epoch"] == 2
+
+
+def test_paper_config_end_to_end_on_label_files(synthetic_root, labels, tmp_path):
+    config = "projects/PTL/configs/Market2Duke/ptl.yml"
+    results = run_train_net(config, tmp_path, synthetic_root, *small(config, labels), *ONE_SOURCE)
+    assert 0.0 <= results["mAP"] <= 100.0
+    metrics = (tmp_path / "metrics.json").read_text()
+    assert "loss_hp_t" in metrics and "loss_attr_t" in metrics
