@@ -3,6 +3,9 @@ import pytest
 
 import plugins  # noqa: F401
 import datasets_ext  # noqa: F401
+from plugins.projects import import_projects
+
+import_projects()   # project packages (paoa, adin, ...) importable from every test
 
 
 @pytest.fixture(scope="session")
