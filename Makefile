@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= output/demo
 DATA ?= datasets
 
+export OMP_WAIT_POLICY ?= PASSIVE
+
 .PHONY: setup demo test bench compare clean-venv
 
 setup: $(STAMP)

@@ -229,3 +229,13 @@ def test_openblas_coretype_named_for_generic_virtual_cpus():
     env["OPENBLAS_CORETYPE"] = "Zen"   # a user's choice is never overridden
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
     assert "core Zen" in out, out
+
+
+def test_openmp_threads_wait_passively_unless_chosen():
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, plugins; print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+    run = lambda c, e: subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, env=e).stdout
+    assert "policy PASSIVE" in run(code, env)
+    assert "policy None" in run("import torch\n" + code, env)   # too late once torch is loaded: no-op
+    assert "policy ACTIVE" in run(code, dict(env, OMP_WAIT_POLICY="ACTIVE"))
