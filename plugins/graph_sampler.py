@@ -1,0 +1,157 @@
+"""QAConv-GS's graph sampler (Liao & Shao, "Graph sampling based deep metric learning", 2021).
+
+Each refresh, one random image per identity is drawn, the model's all-pairs matching distance
+between those images is computed, and every identity becomes the anchor of one batch made of it
+and its (ids per batch - 1) nearest identities, `num_instances` images each (taken cyclically from
+a shuffled per-identity list); the batches are then shuffled. Hard negatives therefore share a
+batch by construction.
+
+Only the data loader's index stream lives here (`GraphSampler`, an infinite torch Sampler like
+fastreid's); the distances are computed in the training loop's main thread by
+`GraphSamplerHook` (the loader runs its sampler in a background thread and in workers, where the
+model must not be touched). The hook publishes a new plan; the sampler switches to it at its next
+batch boundary, so the loader's few prefetched batches still come from the previous plan. Before
+the first plan (or with `distance=None`) batches are built from random distances, i.e. random
+identities. With DDP every rank builds the same plan (same seed, same distances) and yields its
+slice of each global batch.
+"""
+import logging
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
+from torch.utils.data.sampler import Sampler
+
+__all__ = ["GraphSampler", "GraphSamplerHook", "graph_batches"]
+
+logger = logging.getLogger(__name__)
+
+
+def graph_batches(distance, ids_per_batch):
+    """[num_ids, ids_per_batch] identity positions: row i = i then its nearest identities
+    (ascending distance, ties by position). `distance` is [num_ids, num_ids]."""
+    dist = torch.as_tensor(distance, dtype=torch.float64).clone()
+    n = dist.shape[0]
+    k = min(ids_per_batch, n) - 1
+    dist.fill_diagonal_(float("inf"))
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+    return torch.cat([torch.arange(n)[:, None], order], dim=1).numpy()
+
+
+class GraphSampler(Sampler):
+    """Infinite index stream of graph-sampled batches (see the module docstring).
+
+    data_source: items (path, pid, ...); mini_batch_size: per-process batch (as fastreid passes
+    it); num_instances: images per identity in a batch.
+    """
+
+    def __init__(self, data_source, mini_batch_size, num_instances, seed=None):
+        self._rank, self._world = comm.get_rank(), comm.get_world_size()
+        self.batch_size = mini_batch_size * self._world
+        if self.batch_size % num_instances:
+            raise ValueError(f"batch size {self.batch_size} is not a multiple of "
+                             f"{num_instances} instances per identity")
+        self.num_instances = num_instances
+        self.ids_per_batch = self.batch_size // num_instances
+        index = OrderedDict()
+        for i, item in enumerate(data_source):
+            index.setdefault(item[1], []).append(i)
+        self.pids = list(index)
+        self.pid_index = [index[p] for p in self.pids]
+        self.seed = int(comm.shared_random_seed() if seed is None else seed)
+        self.rng = np.random.default_rng(self.seed)
+        self._lock = threading.Lock()
+        self._published = None   # (distance, version) from the hook
+        self.version = 0          # plans published so far
+        self.plans_built = 0
+
+    @property
+    def num_ids(self):
+        return len(self.pids)
+
+    # ------------------------------------------------------------------ main thread (the hook)
+    def representatives(self):
+        """One random image index per identity (in identity order), from a seeded generator
+        shared by every process."""
+        rng = np.random.default_rng([self.seed, self.version, 1])
+        return [int(rng.choice(idx)) for idx in self.pid_index]
+
+    def publish(self, distance):
+        """Set the identity-distance matrix [num_ids, num_ids] of the next plan."""
+        distance = torch.as_tensor(distance).detach().cpu()
+        if distance.shape != (self.num_ids, self.num_ids):
+            raise ValueError(f"distance must be {self.num_ids} x {self.num_ids}, "
+                             f"got {tuple(distance.shape)}")
+        with self._lock:
+            self.version += 1
+            self._published = distance
+
+    # ------------------------------------------------------------------ loader side
+    def plan(self, distance=None):
+        """List of global batches (lists of dataset indices) for one pass over the anchors."""
+        rng = self.rng
+        if distance is None:   # random identities until the first graph
+            distance = torch.from_numpy(rng.random((self.num_ids, self.num_ids)))
+        groups = graph_batches(distance, self.ids_per_batch)
+        pools = [list(rng.permutation(idx)) for idx in self.pid_index]
+        pointer = [0] * self.num_ids
+        batches = []
+        for row in groups:
+            batch = []
+            for j in row:
+                take = []
+                while len(take) < self.num_instances:   # cyclic, as the reference does
+                    need = self.num_instances - len(take)
+                    chunk = pools[j][pointer[j]:pointer[j] + need]
+                    take += chunk
+                    pointer[j] = (pointer[j] + len(chunk)) % len(pools[j])
+                batch += [int(t) for t in take]
+            if len(batch) == self.batch_size:   # fewer ids than a batch: no full batch possible
+                batches.append(batch)
+        rng.shuffle(batches)
+        self.plans_built += 1
+        return batches
+
+    def _take_published(self):
+        with self._lock:
+            dist, self._published = self._published, None
+        return dist
+
+    def _global_batches(self):
+        last = self._take_published()
+        while True:
+            batches = self.plan(last)
+            if not batches:
+                raise ValueError(f"{self.num_ids} identities cannot fill a batch of "
+                                 f"{self.ids_per_batch} ids x {self.num_instances}")
+            for batch in batches:
+                yield batch
+                new = self._take_published()
+                if new is not None:   # switch to the new graph at this batch boundary
+                    last = new
+                    break
+
+    def __iter__(self):
+        per = self.batch_size // self._world
+        for batch in self._global_batches():
+            yield from batch[self._rank * per:(self._rank + 1) * per]
+
+
+class GraphSamplerHook(HookBase):
+    """Before every `period`-th epoch: distance_fn(representative indices) -> [n, n] distances
+    (computed here, in the training thread), published to the sampler."""
+
+    def __init__(self, sampler, distance_fn, period=1):
+        self.sampler, self.distance_fn, self.period = sampler, distance_fn, max(1, int(period))
+
+    def before_epoch(self):
+        epoch = getattr(self.trainer, "epoch", 0)
+        if epoch % self.period:
+            return
+        reps = self.sampler.representatives()
+        dist = self.distance_fn(reps)
+        self.sampler.publish(dist)
+        logger.info(f"graph sampler: new graph over {len(reps)} identities (epoch {epoch})")

@@ -1,0 +1,97 @@
+"""QAConv-GS graph sampler: batches = an identity and its nearest identities."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import plugins  # noqa: F401
+from plugins import graph_sampler as gs
+from plugins.graph_sampler import GraphSampler, GraphSamplerHook, graph_batches
+
+NUM_IDS, IDS_PER_BATCH, INSTANCES = 12, 4, 3
+
+
+def _items(rng):
+    sizes = rng.integers(1, 6, NUM_IDS)   # some identities have fewer images than a batch takes
+    return [(f"img_{p}_{k}", f"pid{p}", 0) for p in range(NUM_IDS) for k in range(sizes[p])]
+
+
+def _distance(seed):
+    pos = np.random.default_rng(seed).permutation(NUM_IDS).astype(float)   # ids on a line
+    return torch.from_numpy(np.abs(pos[:, None] - pos[None, :])), pos
+
+
+def _pid(items, i):
+    return int(items[i][1][3:])
+
+
+def test_batches_hold_an_identity_and_its_nearest_identities():
+    items = _items(np.random.default_rng(0))
+    sampler = GraphSampler(items, IDS_PER_BATCH * INSTANCES, INSTANCES, seed=1)
+    reps = sampler.representatives()
+    assert [_pid(items, i) for i in reps] == list(range(NUM_IDS))      # one image per identity
+    dist, pos = _distance(3)
+    sampler.publish(dist)
+    stream = iter(sampler)
+    batches = [[next(stream) for _ in range(sampler.batch_size)] for _ in range(NUM_IDS)]
+    anchors, sizes = set(), {p: sum(_pid(items, i) == p for i in range(len(items))) for p in range(NUM_IDS)}
+    for batch in batches:
+        pids = [_pid(items, i) for i in batch]
+        groups = [pids[k:k + INSTANCES] for k in range(0, len(pids), INSTANCES)]
+        assert all(len(set(g)) == 1 for g in groups)                    # INSTANCES images per id
+        ids = [g[0] for g in groups]
+        anchor, others = ids[0], ids[1:]
+        anchors.add(anchor)
+        d = np.abs(pos[anchor] - pos)
+        d[anchor] = np.inf
+        nearest = np.sort(d)[:IDS_PER_BATCH - 1]
+        assert sorted(d[others]) == pytest.approx(sorted(nearest))      # exactly the nearest ids
+        for g in set(ids):   # an identity's images are drawn cyclically: no repeats before all used
+            mine = [i for i in batch if _pid(items, i) == g]
+            assert len(set(mine)) == min(INSTANCES, sizes[g])
+    assert anchors == set(range(NUM_IDS))                               # every id anchors once
+
+
+def test_graph_batches_and_ddp_slices(monkeypatch):
+    dist, pos = _distance(5)
+    rows = graph_batches(dist, IDS_PER_BATCH)
+    assert rows.shape == (NUM_IDS, IDS_PER_BATCH) and (rows[:, 0] == np.arange(NUM_IDS)).all()
+    items = _items(np.random.default_rng(1))
+    streams = []
+    for rank in range(2):   # two processes: each yields its half of every global batch
+        monkeypatch.setattr(gs.comm, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(gs.comm, "get_world_size", lambda: 2)
+        s = GraphSampler(items, IDS_PER_BATCH * INSTANCES // 2, INSTANCES, seed=7)
+        s.publish(dist)
+        streams.append(list(itertools.islice(iter(s), 6 * s.batch_size // 2)))
+    monkeypatch.undo()
+    single = GraphSampler(items, IDS_PER_BATCH * INSTANCES, INSTANCES, seed=7)
+    single.publish(dist)
+    whole = list(itertools.islice(iter(single), 6 * single.batch_size))
+    half = single.batch_size // 2
+    for b in range(6):
+        assert streams[0][b * half:(b + 1) * half] + streams[1][b * half:(b + 1) * half] == \
+            whole[b * 2 * half:(b + 1) * 2 * half]
+
+
+def test_hook_publishes_the_model_distance_of_representatives():
+    items = _items(np.random.default_rng(2))
+    sampler = GraphSampler(items, IDS_PER_BATCH * INSTANCES, INSTANCES, seed=0)
+    calls = []
+
+    def distance_fn(indices):
+        calls.append(list(indices))
+        return _distance(0)[0]
+
+    class Trainer:
+        epoch = 0
+    hook = GraphSamplerHook(sampler, distance_fn, period=2)
+    hook.trainer = Trainer()
+    for epoch in range(4):
+        hook.trainer.epoch = epoch
+        hook.before_epoch()
+    assert len(calls) == 2 and sampler.version == 2
+    assert [_pid(items, i) for i in calls[0]] == list(range(NUM_IDS))
+    with pytest.raises(ValueError, match="12 x 12"):
+        sampler.publish(torch.zeros(3, 3))
