@@ -168,12 +168,19 @@ class DGStep(SimpleTrainer):
                 dist.all_reduce(flat)
                 flat /= comm.get_world_size()
                 _unflatten_into(flat, g)
-        shared_idx = [i for i, p in enumerate(params) if p in self.shared]
-        total = [sum(g[i] for g in grads.values()) for i in range(len(params))]
-        if len(grads) > 1 and shared_idx:
+        # Shared parameters take the combiner's output (when there is more than one objective);
+        # every other parameter the plain sum of the objectives' gradients.
+        shared_idx = [i for i, p in enumerate(params) if p in self.shared] if len(grads) > 1 else []
+        shared = set(shared_idx)
+        total = [None if i in shared else sum(g[i] for g in grads.values()) for i in range(len(params))]
+        if shared_idx:
             flat = {k: torch.cat([g[i].reshape(-1) for i in shared_idx]) for k, g in grads.items()}
             combined, stats = self.combiner(flat)
-            _unflatten_into(combined, [total[i] for i in shared_idx])
+            offset = 0
+            for i in shared_idx:
+                n = params[i].numel()
+                total[i] = combined[offset:offset + n].view_as(params[i])
+                offset += n
             if stats and comm.is_main_process():
                 get_event_storage().put_scalars(**stats)
         for p, g in zip(params, total):

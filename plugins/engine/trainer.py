@@ -9,7 +9,6 @@ constructor with factories a project overrides (all classmethods unless noted):
 Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks)
 goes into the checkpoint, so `--resume` continues from the last saved epoch in the same state.
 """
-import copy
 import logging
 import os
 from collections import OrderedDict
@@ -204,8 +203,3 @@ class NamedLRScheduler(hooks.LRScheduler):
 def build_trainer(cfg):
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
 
-
-def copy_for_eval(model):
-    """A detached copy of the (unwrapped) model for test-time adaptation."""
-    m = model.module if hasattr(model, "module") else model
-    return copy.deepcopy(m)
