@@ -88,9 +88,9 @@ def step_time(config_file, root, iters=10, warmup=3):
         return times[len(times) // 2], {k: _get(cfg, k) for k in SAME}
 
 
-def ensure_benchmark(root):
+def ensure_benchmark(root, preset="default"):
     from datasets_ext.synthetic.generate import main as generate
-    generate(["--root", root, "--preset", "default"])
+    generate(["--root", root, "--preset", preset])
 
 
 def main(argv=None):

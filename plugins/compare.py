@@ -3,14 +3,20 @@
 backbone and input), several seeds each; writes results.md (mean ± std of mAP and Rank-1 on the
 unseen domain, and the gap to the baseline) and results.png into --out.
 
-    python -m plugins.compare --out output/compare [--seeds 0 1 2] [--epochs 8] [--only PAOA]
+    python -m plugins.compare --out output/compare [--seeds 0 1 2] [--epochs 4] [--only PAOA]
 
-Each project names its main synthetic config with COMPARE_CONFIG (else the first BENCH_CONFIGS).
+Sized for about an hour on 2 CPU cores: the "compare" preset of the benchmark (50 training ids per
+domain, generated under --root) and 4 epochs (~224 iterations of batch 32) per run.
+Each project names its synthetic config for this budget with COMPARE_CONFIG (else the first
+BENCH_CONFIGS), may say what else it trains on with COMPARE_NOTE, and may add test-time variants
+of its trained model with COMPARE_VARIANTS = {name: (config_file, opts)} (evaluated, not trained).
 Numbers are what this run measured; a method that does not beat the baseline is reported so.
 """
 import argparse
 import json
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,45 +26,77 @@ from plugins.bench import BASELINE, ensure_benchmark, machine
 from plugins.projects import import_projects
 
 TARGET = "SynthDomain3"
+REPO = str(Path(__file__).resolve().parent.parent)   # config paths below are relative to the repository
+
+
+PROJECT_KEYS = ("config", "note", "variants")
 
 
 def methods(only=None):
-    out = {"baseline": BASELINE}
+    """name -> {"config", "note", "variants"} for the baseline and each discovered project."""
+    out = {"baseline": {"config": BASELINE, "note": "SynthDomain0-2", "variants": {}}}
     for mod in import_projects():
         cfg = getattr(mod, "COMPARE_CONFIG", None) or next(iter(getattr(mod, "BENCH_CONFIGS", {}).values()), None)
-        if cfg and (not only or any(o.lower() == mod.__name__.lower() for o in only)):
-            out[mod.__name__] = cfg
+        name = Path(mod.__file__).parent.parent.name   # the project directory: PAOA, TAL, ...
+        if cfg and (not only or any(o.lower() == name.lower() for o in only)):
+            out[name] = {"config": cfg, "note": getattr(mod, "COMPARE_NOTE", "SynthDomain0-2"),
+                                 "variants": dict(getattr(mod, "COMPARE_VARIANTS", {}))}
     return out
 
 
-def train_once(config_file, root, out_dir, seed, epochs):
+def _run(argv):
     import train_net
-    args = train_net.default_argument_parser().parse_args([
-        "--config-file", config_file, "DATASETS.ROOT", root, "OUTPUT_DIR", out_dir, "SEED", str(seed),
-        "SOLVER.MAX_EPOCH", str(epochs), "TEST.EVAL_PERIOD", str(epochs),
-        "SOLVER.CHECKPOINT_PERIOD", str(epochs), "DATASETS.TESTS", f'("{TARGET}",)'])
-    res = train_net.main(args)
+    res = train_net.main(train_net.default_argument_parser().parse_args(argv))
     res = res.get(TARGET, res)
     return {"mAP": float(res["mAP"]), "Rank-1": float(res["Rank-1"])}
 
 
-def summarize(runs):
+def _common(root, seed):
+    return ["DATASETS.ROOT", root, "SEED", str(seed), "DATASETS.TESTS", f'("{TARGET}",)']
+
+
+def train_once(config_file, root, out_dir, seed, epochs):
+    t0 = time.perf_counter()
+    r = _run(["--config-file", os.path.join(REPO, config_file), "OUTPUT_DIR", out_dir, *_common(root, seed),
+              "SOLVER.MAX_EPOCH", str(epochs), "TEST.EVAL_PERIOD", str(epochs),
+              "SOLVER.CHECKPOINT_PERIOD", str(epochs)])
+    return dict(r, seconds=round(time.perf_counter() - t0, 1))
+
+
+def evaluate_variant(config_file, opts, root, trained_dir, seed):
+    """A test-time variant (e.g. PAOA+) of a model trained by train_once: evaluation only."""
+    t0 = time.perf_counter()
+    r = _run(["--config-file", os.path.join(REPO, config_file), "--eval-only", "OUTPUT_DIR", trained_dir + "_eval",
+              "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth"), *_common(root, seed), *opts])
+    return dict(r, seconds=round(time.perf_counter() - t0, 1))
+
+
+def summarize(runs, notes=None):
+    """runs: name -> list of {"mAP", "Rank-1"}; rows of (name, seeds, {metric: (mean, std)}, verdict, note).
+    A gap to the baseline smaller than the larger of the two seed std's is reported as such."""
+    notes = notes or {}
     base = runs.get("baseline")
     rows = []
     for name, rs in runs.items():
         m = {k: (float(np.mean([r[k] for r in rs])), float(np.std([r[k] for r in rs]))) for k in ("mAP", "Rank-1")}
         verdict = ""
         if base and name != "baseline":
-            d = m["mAP"][0] - float(np.mean([r["mAP"] for r in base]))
-            verdict = f"{d:+.1f} mAP vs baseline" + ("" if d > 0 else " (does not beat the baseline)")
-        rows.append((name, len(rs), m, verdict))
+            b_mean, b_std = float(np.mean([r["mAP"] for r in base])), float(np.std([r["mAP"] for r in base]))
+            d = m["mAP"][0] - b_mean
+            verdict = f"{d:+.1f} mAP vs baseline"
+            if d <= 0:
+                verdict += " (does not beat the baseline)"
+            elif d <= max(b_std, m["mAP"][1]):
+                verdict += " (within the seed spread)"
+        rows.append((name, len(rs), m, verdict, notes.get(name, "")))
     return rows
 
 
 def write_markdown(rows, path, header):
-    lines = [header, "", "| method | seeds | mAP (%) | Rank-1 (%) | vs baseline |", "|---|---|---|---|---|"]
-    for name, n, m, verdict in rows:
-        lines.append(f"| {name} | {n} | {m['mAP'][0]:.1f} ± {m['mAP'][1]:.1f} | "
+    lines = [header, "", "| method | trained on | seeds | mAP (%) | Rank-1 (%) | vs baseline |",
+             "|---|---|---|---|---|---|"]
+    for name, n, m, verdict, note in rows:
+        lines.append(f"| {name} | {note} | {n} | {m['mAP'][0]:.1f} ± {m['mAP'][1]:.1f} | "
                      f"{m['Rank-1'][0]:.1f} ± {m['Rank-1'][1]:.1f} | {verdict} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -70,14 +108,14 @@ def write_plot(rows, path):
     import cv2
     w, h, left, bottom = 120 * len(rows) + 80, 360, 50, 60
     img = np.full((h, w, 3), 255, np.uint8)
-    top = max(10.0, max(m[k][0] + m[k][1] for _, _, m, _ in rows for k in ("mAP", "Rank-1")))
+    top = max(10.0, max(m[k][0] + m[k][1] for _, _, m, _, _ in rows for k in ("mAP", "Rank-1")))
     scale = (h - bottom - 20) / top
     cv2.line(img, (left, h - bottom), (w - 10, h - bottom), (0, 0, 0), 1)
     for t in np.linspace(0, top, 5):
         y = int(h - bottom - t * scale)
         cv2.putText(img, f"{t:.0f}", (5, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
     colours = {"mAP": (200, 120, 40), "Rank-1": (60, 160, 60)}
-    for i, (name, _, m, _) in enumerate(rows):
+    for i, (name, _, m, _, _) in enumerate(rows):
         x0 = left + 20 + i * 120
         for j, k in enumerate(("mAP", "Rank-1")):
             mean, std = m[k]
@@ -95,29 +133,41 @@ def write_plot(rows, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="output/compare")
-    p.add_argument("--root", default=os.getenv("FASTREID_DATASETS", "datasets"))
+    p.add_argument("--root", default=os.path.join(os.getenv("FASTREID_DATASETS", "datasets"), "compare"),
+                   help="where the compare-sized benchmark is generated (kept apart from the default one)")
+    p.add_argument("--preset", default="compare", help="synthetic benchmark preset")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--only", nargs="*")
     args = p.parse_args(argv)
-    ensure_benchmark(args.root)
+    ensure_benchmark(args.root, args.preset)
     os.makedirs(args.out, exist_ok=True)
     state_file = os.path.join(args.out, "runs.json")
     runs = json.load(open(state_file)) if os.path.exists(state_file) else {}   # resumable
-    for name, cfg in methods(args.only).items():
-        for seed in args.seeds:
-            key = f"{name}/seed{seed}"
-            if key in runs:
-                continue
-            runs[key] = train_once(cfg, args.root, os.path.join(args.out, name, f"seed{seed}"), seed, args.epochs)
+
+    def record(key, fn):
+        if key not in runs:
+            runs[key] = fn()
             with open(state_file, "w") as f:
                 json.dump(runs, f, indent=1)
+
+    t0, notes = time.perf_counter(), {}
+    for name, spec in methods(args.only).items():
+        notes[name] = spec["note"]
+        for seed in args.seeds:
+            out_dir = os.path.join(args.out, name, f"seed{seed}")
+            record(f"{name}/seed{seed}", lambda: train_once(spec["config"], args.root, out_dir, seed, args.epochs))
+            for var, (var_cfg, opts) in spec["variants"].items():
+                notes[var] = spec["note"]
+                record(f"{var}/seed{seed}", lambda: evaluate_variant(var_cfg, list(opts), args.root, out_dir, seed))
     by_method = {}
     for key, r in runs.items():
         by_method.setdefault(key.split("/")[0], []).append(r)
-    rows = summarize(by_method)
-    header = (f"Synthetic leave-one-domain-out (SynthDomain0-2 -> {TARGET}), {args.epochs} epochs each, "
-              f"seeds {args.seeds}; measured on {machine()}")
+    rows = summarize(by_method, notes)
+    hours = sum(r.get("seconds", 0) for r in runs.values()) / 3600
+    header = (f"Synthetic leave-one-domain-out (-> unseen {TARGET}), benchmark preset '{args.preset}', "
+              f"{args.epochs} epochs per run, seeds {args.seeds}; {hours:.2f} h of runs "
+              f"({(time.perf_counter() - t0) / 3600:.2f} h this invocation); measured on {machine()}")
     print(write_markdown(rows, os.path.join(args.out, "results.md"), header))
     write_plot(rows, os.path.join(args.out, "results.png"))
 

@@ -15,12 +15,41 @@ def test_step_time_runs_the_configured_trainer(synthetic_root):
 def test_compare_table_and_plot(tmp_path):
     runs = {"baseline": [{"mAP": 40.0, "Rank-1": 50.0}, {"mAP": 42.0, "Rank-1": 52.0}],
             "better": [{"mAP": 45.0, "Rank-1": 55.0}, {"mAP": 47.0, "Rank-1": 57.0}],
+            "noisy": [{"mAP": 38.0, "Rank-1": 50.0}, {"mAP": 46.0, "Rank-1": 52.0}],
             "worse": [{"mAP": 30.0, "Rank-1": 40.0}, {"mAP": 30.0, "Rank-1": 40.0}]}
-    rows = compare.summarize(runs)
+    rows = compare.summarize(runs, {"better": "SynthDomain0 + more"})
     md = compare.write_markdown(rows, str(tmp_path / "r.md"), "header")
-    assert "| better | 2 | 46.0 ± 1.0 | 56.0 ± 1.0 | +5.0 mAP vs baseline |" in md
+    assert "| better | SynthDomain0 + more | 2 | 46.0 ± 1.0 | 56.0 ± 1.0 | +5.0 mAP vs baseline |" in md
+    # +1.0 mAP with a std of 4.0 across seeds is not reported as a win
+    assert "| noisy |  | 2 | 42.0 ± 4.0 | 51.0 ± 1.0 | +1.0 mAP vs baseline (within the seed spread) |" in md
     assert "-11.0 mAP vs baseline (does not beat the baseline)" in md
     compare.write_plot(rows, str(tmp_path / "r.png"))
     img = cv2.imread(str(tmp_path / "r.png"))
-    assert img is not None and img.shape[1] == 120 * 3 + 80
+    assert img is not None and img.shape[1] == 120 * 4 + 80
     assert os.path.getsize(tmp_path / "r.md") > 0
+
+
+def test_compare_lists_every_project_with_its_budget_config():
+    specs = compare.methods()
+    assert list(specs)[0] == "baseline"
+    assert {"ADIN", "DomainMix", "PAOA", "PTL", "TAL"} <= set(specs)
+    for name, spec in specs.items():
+        assert os.path.isfile(os.path.join(compare.REPO, spec["config"])), name
+        for var_cfg, _ in spec["variants"].values():
+            assert os.path.isfile(os.path.join(compare.REPO, var_cfg)), name
+    assert "PAOA+" in specs["PAOA"]["variants"]
+    assert compare.methods(["paoa"]).keys() == {"baseline", "PAOA"}
+
+
+def test_compare_budget_keeps_every_stage_inside_the_run():
+    """At the compare budget (4 epochs of the compare preset, 56 iterations each) the scheduled
+    methods must reach their later stages: DomainMix's stage 3 and ADIN's adversarial phase."""
+    from plugins.config import get_dg_cfg
+    cfg = get_dg_cfg()
+    cfg.merge_from_file(os.path.join(compare.REPO, compare.methods()["DomainMix"]["config"]))
+    epochs = 4
+    assert 0 < cfg.DOMAINMIX.PSEUDO.START_EPOCH < cfg.DOMAINMIX.STAGE3_START < epochs
+    cfg = get_dg_cfg()
+    cfg.merge_from_file(os.path.join(compare.REPO, compare.methods()["ADIN"]["config"]))
+    iters = epochs * (3 * 50 * 4 * 3) // 32
+    assert cfg.ADIN.JOINT_ITERS + cfg.ADIN.PRETRAIN_ITERS + cfg.ADIN.ADV_ITERS < iters

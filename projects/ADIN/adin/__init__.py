@@ -13,6 +13,7 @@ add_config = add_adin_config
 BENCH_CONFIGS = {
     "ADIN-CaNE (camera+time)": "projects/ADIN/configs/Synthetic/adin_cane.yml",
 }
+COMPARE_CONFIG = "projects/ADIN/configs/Synthetic/adin_compare.yml"   # schedule scaled to the budget
 
 
 def bench_extra():

@@ -9,6 +9,8 @@ add_config = add_domainmix_config
 
 # Step time of stage 3 against configs/Synthetic/baseline.yml (same backbone, input and batch).
 BENCH_CONFIGS = {"DomainMix stage 3 (DB)": "projects/DomainMix/configs/Synthetic/domainmix_bench.yml"}
+COMPARE_CONFIG = "projects/DomainMix/configs/Synthetic/domainmix_compare.yml"   # stages scaled to the budget
+COMPARE_NOTE = "SynthDomain0 + unlabelled SynthDomain1"
 
 
 def bench_extra():

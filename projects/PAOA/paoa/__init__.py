@@ -7,6 +7,11 @@ import plugins.grad_surgery  # noqa: F401  (registers calibrate_primary, mutual/
 import plugins.tta_aux  # noqa: F401  (registers aux_loss)
 
 from .bench import BENCH_CONFIGS, bench_extra
+
+# `make compare`: PAOA (design d) trained; PAOA+ is the same trained model evaluated with test-time
+# adaptation on the auxiliary loss.
+COMPARE_CONFIG = "projects/PAOA/configs/Synthetic/paoa.yml"
+COMPARE_VARIANTS = {"PAOA+": ("projects/PAOA/configs/Synthetic/paoa_plus.yml", ())}
 from .config import add_config, add_paoa_config
 from .modeling import AUX_LOSS, PAOA, SaliencyHead, saliency_l1
 from .trainer import PAOATrainer

@@ -13,3 +13,4 @@ add_config = add_ptl_config
 _SYN = "projects/PTL/configs/Synthetic/"
 BENCH_CONFIGS = {"PTL (HP^t + Attr^t)": _SYN + "ptl.yml"}
 COMPARE_CONFIG = _SYN + "ptl.yml"
+COMPARE_NOTE = "SynthDomain0-2 + unlabelled SynthDomain3 train images"
