@@ -6,7 +6,8 @@ unseen domain, and the gap to the baseline) and results.png into --out.
     python -m plugins.compare --out output/compare [--seeds 0 1 2] [--epochs 4] [--only PAOA]
 
 Sized for about an hour on 2 CPU cores: the "compare" preset of the benchmark (50 training ids per
-domain, generated under --root) and 4 epochs (~224 iterations of batch 32) per run.
+domain, generated under --root) and 4 epochs (~224 iterations of batch 32, 20 of them warm-up)
+per run, data loaded in the training process.
 Each project names its synthetic config for this budget with COMPARE_CONFIG (else the first
 BENCH_CONFIGS), may say what else it trains on with COMPARE_NOTE, and may add test-time variants
 of its trained model with COMPARE_VARIANTS = {name: (config_file, opts)} (evaluated, not trained).
@@ -55,11 +56,14 @@ def _common(root, seed):
     return ["DATASETS.ROOT", root, "SEED", str(seed), "DATASETS.TESTS", f'("{TARGET}",)']
 
 
-def train_once(config_file, root, out_dir, seed, epochs):
+def train_once(config_file, root, out_dir, seed, epochs, warmup_iters=20, workers=0):
+    """One training run at the compare budget. The budget's short warm-up and in-process data
+    loading (no worker processes competing with the 2 training threads) apply to every method."""
     t0 = time.perf_counter()
     r = _run(["--config-file", os.path.join(REPO, config_file), "OUTPUT_DIR", out_dir, *_common(root, seed),
               "SOLVER.MAX_EPOCH", str(epochs), "TEST.EVAL_PERIOD", str(epochs),
-              "SOLVER.CHECKPOINT_PERIOD", str(epochs)])
+              "SOLVER.CHECKPOINT_PERIOD", str(epochs), "SOLVER.WARMUP_ITERS", str(warmup_iters),
+              "DATALOADER.NUM_WORKERS", str(workers)])
     return dict(r, seconds=round(time.perf_counter() - t0, 1))
 
 
@@ -138,6 +142,8 @@ def main(argv=None):
     p.add_argument("--preset", default="compare", help="synthetic benchmark preset")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--warmup-iters", type=int, default=20, help="SOLVER.WARMUP_ITERS of every run")
+    p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of every run")
     p.add_argument("--only", nargs="*")
     args = p.parse_args(argv)
     ensure_benchmark(args.root, args.preset)
@@ -156,7 +162,8 @@ def main(argv=None):
         notes[name] = spec["note"]
         for seed in args.seeds:
             out_dir = os.path.join(args.out, name, f"seed{seed}")
-            record(f"{name}/seed{seed}", lambda: train_once(spec["config"], args.root, out_dir, seed, args.epochs))
+            record(f"{name}/seed{seed}", lambda: train_once(spec["config"], args.root, out_dir, seed, args.epochs,
+                                                                    args.warmup_iters, args.workers))
             for var, (var_cfg, opts) in spec["variants"].items():
                 notes[var] = spec["note"]
                 record(f"{var}/seed{seed}", lambda: evaluate_variant(var_cfg, list(opts), args.root, out_dir, seed))
@@ -166,7 +173,7 @@ def main(argv=None):
     rows = summarize(by_method, notes)
     hours = sum(r.get("seconds", 0) for r in runs.values()) / 3600
     header = (f"Synthetic leave-one-domain-out (-> unseen {TARGET}), benchmark preset '{args.preset}', "
-              f"{args.epochs} epochs per run, seeds {args.seeds}; {hours:.2f} h of runs "
+              f"{args.epochs} epochs per run ({args.warmup_iters} warm-up iterations), seeds {args.seeds}; {hours:.2f} h of runs "
               f"({(time.perf_counter() - t0) / 3600:.2f} h this invocation); measured on {machine()}")
     print(write_markdown(rows, os.path.join(args.out, "results.md"), header))
     write_plot(rows, os.path.join(args.out, "results.png"))

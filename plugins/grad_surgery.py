@@ -1,9 +1,10 @@
 """Gradient surgery between a primary and an auxiliary objective (the calibration designs of
 PAOA's Table 5 / Fig. 5), as `SOLVER.GRAD_COMBINE.NAME` combiners of the engine's DGStep.
 
-The step hands a combiner the two objectives' gradients over the shared extractor as flat vectors,
-already accumulated over micro-batches and averaged across DDP processes, so every rank computes
-the same calibrated update. Calibration projects one gradient onto the normal plane of the other,
+The step hands a combiner the two objectives' gradients over the shared extractor as lists of
+per-parameter tensors (a single tensor is accepted too, and treated as one flat vector), already
+accumulated over micro-batches and averaged across DDP processes, so every rank computes the same
+calibrated update. Inner products run tensor by tensor, so nothing is concatenated or copied. Calibration projects one gradient onto the normal plane of the other,
 only when they conflict (negative inner product):
 
     project(g, ref) = g - (g . ref) / ||ref||^2 * ref
@@ -17,7 +18,7 @@ only when they conflict (negative inner product):
 
 Without conflict every design returns g_p + g_a. With two objectives each design is a linear
 combination a_p * g_p + a_a * g_a whose two scalars follow from three inner products (g_p . g_a,
-||g_p||^2, ||g_a||^2), so a combiner costs three reductions, one host sync and one fused pass.
+||g_p||^2, ||g_a||^2), so a combiner costs three reductions, one host sync and one multi-tensor pass.
 Each combiner returns (combined, stats); stats are logged by the step: `grad_conflict` (1 when
 g_a . g_p < 0), `grad_conflict_share` (share of this process's steps in conflict so far) and
 `grad_cosine` (cosine of g_p and g_a).
@@ -26,13 +27,20 @@ import torch
 
 from plugins.registry import GRAD_COMBINERS, register_as
 
-__all__ = ["project", "GradCalibration", "CalibratePrimary", "Mutual", "CalibrateAux"]
+__all__ = ["project", "inner_products", "GradCalibration", "CalibratePrimary", "Mutual", "CalibrateAux"]
 
 
 def project(g, ref):
     """g minus its component along ref (g unchanged when ref is zero): Eq. 6's projection."""
     ref_sq = torch.dot(ref, ref)
     return g - torch.where(ref_sq > 0, torch.dot(g, ref) / ref_sq, 0.0) * ref
+
+
+def inner_products(g_p, g_a):
+    """(g_p . g_a, ||g_p||^2, ||g_a||^2) over two lists of tensors, in float64, with one host sync."""
+    parts = [torch.stack([torch.dot(p, a), torch.dot(p, p), torch.dot(a, a)])
+             for p, a in zip((x.reshape(-1) for x in g_p), (x.reshape(-1) for x in g_a))]
+    return torch.stack(parts).double().sum(0).tolist()
 
 
 class GradCalibration:
@@ -47,20 +55,24 @@ class GradCalibration:
 
     def __call__(self, grads):
         g_p, g_a = grads["primary"], grads["aux"]
-        dot, pp, aa = torch.stack([torch.dot(g_p, g_a), torch.dot(g_p, g_p), torch.dot(g_a, g_a)]).double().tolist()
+        single = torch.is_tensor(g_p)
+        if single:
+            g_p, g_a = [g_p], [g_a]
+        dot, pp, aa = inner_products(g_p, g_a)
         conflict = dot < 0
         a_p, a_a = self.coefficients(dot, pp, aa) if conflict else (1.0, 1.0)
         if a_p == 1.0:
-            combined = torch.add(g_p, g_a, alpha=a_a)
+            combined = torch._foreach_add(g_p, g_a, alpha=a_a)
         elif a_a == 1.0:
-            combined = torch.add(g_a, g_p, alpha=a_p)
+            combined = torch._foreach_add(g_a, g_p, alpha=a_p)
         else:
-            combined = torch.add(g_p.mul(a_p), g_a, alpha=a_a)
+            combined = torch._foreach_add(torch._foreach_mul(g_p, a_p), g_a, alpha=a_a)
         self.steps += 1
         self.conflicts += conflict
         cosine = dot / (pp * aa) ** 0.5 if pp > 0 and aa > 0 else 0.0
-        return combined, {"grad_conflict": float(conflict), "grad_cosine": cosine,
-                          "grad_conflict_share": self.conflicts / self.steps}
+        return combined[0] if single else combined, {
+            "grad_conflict": float(conflict), "grad_cosine": cosine,
+            "grad_conflict_share": self.conflicts / self.steps}
 
 
 @register_as(GRAD_COMBINERS, "calibrate_primary")

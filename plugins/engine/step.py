@@ -48,7 +48,14 @@ class SumCombiner:
         pass
 
     def __call__(self, grads):
-        return torch.stack(list(grads.values())).sum(0), {}
+        """grads: {objective: tensor or list of per-parameter tensors}; returns the same shape."""
+        gs = list(grads.values())
+        if torch.is_tensor(gs[0]):
+            return torch.stack(gs).sum(0), {}
+        total = gs[0]
+        for g in gs[1:]:
+            total = torch._foreach_add(total, g)
+        return list(total), {}
 
 
 def unwrap(model):
@@ -172,15 +179,11 @@ class DGStep(SimpleTrainer):
         # every other parameter the plain sum of the objectives' gradients.
         shared_idx = [i for i, p in enumerate(params) if p in self.shared] if len(grads) > 1 else []
         shared = set(shared_idx)
-        total = [None if i in shared else sum(g[i] for g in grads.values()) for i in range(len(params))]
-        if shared_idx:
-            flat = {k: torch.cat([g[i].reshape(-1) for i in shared_idx]) for k, g in grads.items()}
-            combined, stats = self.combiner(flat)
-            offset = 0
-            for i in shared_idx:
-                n = params[i].numel()
-                total[i] = combined[offset:offset + n].view_as(params[i])
-                offset += n
+        total = [None if i in shared else _sum([g[i] for g in grads.values()]) for i in range(len(params))]
+        if shared_idx:   # per-parameter lists: no concatenation of the objectives' gradients
+            combined, stats = self.combiner({k: [g[i] for i in shared_idx] for k, g in grads.items()})
+            for i, g in zip(shared_idx, combined):
+                total[i] = g
             if stats and comm.is_main_process():
                 get_event_storage().put_scalars(**stats)
         for p, g in zip(params, total):
@@ -192,6 +195,13 @@ class DGStep(SimpleTrainer):
             else:
                 opt.step()
             opt.zero_grad(set_to_none=True)
+
+
+def _sum(tensors):
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out
 
 
 def _add(a, b):
