@@ -297,6 +297,43 @@ def fix_openblas_coretype():
         _mark("openblas_coretype")
 
 
+def _printer_divides_by_zero(cls):
+    """Probe: two writes at one iteration before the iteration timer has data (runs of a few
+    iterations per epoch: the step hook and the epoch hook both write)."""
+    from fastreid.utils.events import EventStorage
+    printer = cls(max_iter=10)
+    printer.logger = logging.getLogger("plugins.compat.probe")
+    printer.logger.disabled = True
+    with EventStorage(0) as storage:
+        storage.iter, storage.epoch = 1, 0
+        try:
+            printer.write()
+            printer.write()
+        except ZeroDivisionError:
+            return True
+    return False
+
+
+def fix_metric_printer_repeat_write():
+    """`CommonMetricPrinter.write` divides by (iteration - last written iteration) to estimate the
+    ETA when the iteration timer has no data yet; a run with very few iterations per epoch writes
+    twice at the same iteration and crashes. A repeated write skips the estimate instead."""
+    from fastreid.utils import events
+    cls = events.CommonMetricPrinter
+    if getattr(cls.write, "_repeat_shim", False) or not _printer_divides_by_zero(cls):
+        return
+    orig = cls.write
+
+    def write(self):
+        if self._last_write is not None and self._last_write[0] == events.get_event_storage().iter:
+            self._last_write = None
+        return orig(self)
+
+    write._repeat_shim = True
+    cls.write = write
+    _mark("metric_printer_repeat_write")
+
+
 def fix_openmp_wait_policy():
     """torch's OpenMP threads busy-wait between parallel regions by default; on a small CPU machine
     shared with data-loader workers or other jobs this made a ResNet-18 step ~7x slower (4.7 s vs
@@ -312,7 +349,8 @@ def fix_openmp_wait_policy():
 
 IMPORT_FIXES = (fix_openblas_coretype, fix_openmp_wait_policy, fix_collections_aliases, fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
-                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu)
+                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu,
+                 fix_metric_printer_repeat_write)
 
 
 def apply():

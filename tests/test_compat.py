@@ -239,3 +239,20 @@ def test_openmp_threads_wait_passively_unless_chosen():
     assert "policy PASSIVE" in run(code, env)
     assert "policy None" in run("import torch\n" + code, env)   # too late once torch is loaded: no-op
     assert "policy ACTIVE" in run(code, dict(env, OMP_WAIT_POLICY="ACTIVE"))
+
+
+def test_metric_printer_survives_a_repeated_write():
+    """Two writes at one iteration before the iteration timer has data: ZeroDivisionError in
+    fastreid, handled with the shim (no ETA for the repeated write); the probe sees the fix."""
+    code = """
+        from plugins import compat
+        for f in compat.IMPORT_FIXES:
+            f()
+        from fastreid.utils.events import CommonMetricPrinter
+        print("needed", compat._printer_divides_by_zero(CommonMetricPrinter))
+        compat.fix_metric_printer_repeat_write()
+        print("after", compat._printer_divides_by_zero(CommonMetricPrinter), compat.APPLIED)
+    """
+    rc, out = run_py(code)
+    assert rc == 0, out
+    assert "needed True" in out and "after False" in out and "metric_printer_repeat_write" in out, out

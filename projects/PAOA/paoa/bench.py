@@ -1,6 +1,15 @@
 """Benchmark hooks for `python -m plugins.bench`: the configs whose step time is compared with
-configs/Synthetic/baseline.yml, and the share of a step taken by the gradient calibration."""
+configs/Synthetic/baseline.yml, and the share of a step taken by the gradient calibration.
+
+    python -m plugins.run paoa.bench [--size paper|synthetic] [--steps 3]
+
+times, in one run and on random batches, a step of the plain baseline (same backbone, input and
+batch, no auxiliary head), of PAOA without calibration (design a) and of PAOA (design d), and
+prints their ratios and the calibration's share of a PAOA step. `--size paper` is the paper's
+setting (ResNet-50, 256x128, batch 64, 64x32 saliency map)."""
+import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -37,39 +46,106 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def bench_extra(config_file="projects/PAOA/configs/Synthetic/paoa.yml", steps=5, repeats=20, opts=()):
-    """Seconds per training step of PAOA and seconds of the calibration itself (the combiner on the
-    per-parameter shared gradients, as the engine's step calls it), with its share of a step
-    (`opts`: KEY VALUE config overrides)."""
+def _step(cfg, steps):
     from fastreid.modeling.meta_arch import build_model
-    from fastreid.utils.events import EventStorage
     from plugins.engine import DGStep, build_optimizer
-    cfg = _cfg(config_file, opts)
     model = build_model(cfg)
     model.train()
     batches = [_batch(cfg, seed=i) for i in range(steps + 1)]
-    step = DGStep(cfg, model, [dict(b, images=b["images"].clone()) for b in batches],
+    return DGStep(cfg, model, [dict(b, images=b["images"].clone()) for b in batches],
                   {"main": build_optimizer(cfg, model)})
-    step.iter = 0
-    with EventStorage(0):
-        step.run_step()   # warm-up
-        _sync()
-        start = time.perf_counter()
-        for it in range(1, steps + 1):
-            step.iter = it
-            step.run_step()
-        _sync()
-        step_s = (time.perf_counter() - start) / steps
-    shared = [p for p in model.parameters() if p in step.shared]
+
+
+def _timed_step(step, it):
+    step.iter = it
+    _sync()
+    start = time.perf_counter()
+    step.run_step()
+    _sync()
+    return time.perf_counter() - start
+
+
+def calibration_seconds(step, repeats=20):
+    """The combiner on per-parameter shared gradients in conflict (the projection branch), as the
+    engine's step calls it."""
+    shared = [p for p in step.model.parameters() if p in step.shared]
     g = {"primary": [torch.randn_like(p) for p in shared]}
-    g["aux"] = [-x for x in g["primary"]]   # a conflict: the projection branch is timed
+    g["aux"] = [-x for x in g["primary"]]
     step.combiner(g)   # warm-up
     _sync()
     start = time.perf_counter()
     for _ in range(repeats):
         step.combiner(g)
     _sync()
-    combine_s = (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, float(sum(p.numel() for p in shared))
+
+
+def bench_extra(config_file="projects/PAOA/configs/Synthetic/paoa.yml", steps=5, repeats=20, opts=()):
+    """Seconds per training step of PAOA and seconds of the calibration itself, with its share of
+    a step (`opts`: KEY VALUE config overrides)."""
+    from fastreid.utils.events import EventStorage
+    cfg = _cfg(config_file, opts)
+    step = _step(cfg, steps)
+    with EventStorage(0):
+        _timed_step(step, 0)   # warm-up
+        step_s = sum(_timed_step(step, it) for it in range(1, steps + 1)) / steps
+    combine_s, n = calibration_seconds(step, repeats)
     return {"paoa_step_s": step_s, "calibration_s": combine_s,
-            "calibration_share_%": 100 * combine_s / step_s,
-            "shared_params": float(sum(p.numel() for p in shared)), "device": cfg.MODEL.DEVICE}
+            "calibration_share_%": 100 * combine_s / step_s, "shared_params": n, "device": cfg.MODEL.DEVICE}
+
+
+VARIANTS = {   # name -> overrides of the PAOA config
+    "baseline": ["MODEL.META_ARCHITECTURE", "Baseline", "SOLVER.GRAD_COMBINE.NAME", "sum",
+                 "SOLVER.GRAD_COMBINE.AUX_LOSSES", "[]"],
+    "PAOA-no-calibration": ["SOLVER.GRAD_COMBINE.NAME", "sum"],
+    "PAOA": [],
+}
+SIZES = {   # config + overrides; random initialisation (no download), 16 ids per batch
+    "synthetic": ("projects/PAOA/configs/Synthetic/paoa.yml", []),
+    "paper": ("projects/PAOA/configs/Base-PAOA.yml", ["MODEL.BACKBONE.PRETRAIN", "False"]),
+}
+
+
+def step_ratios(size="synthetic", steps=3, opts=()):
+    """Median step seconds of each VARIANT, timed round-robin in one run (so that load on the
+    machine hits all alike), their ratios to the baseline and the calibration's share."""
+    from fastreid.utils.events import EventStorage
+    config_file, size_opts = SIZES[size]
+    cfgs = {k: _cfg(config_file, [*size_opts, *v, *opts]) for k, v in VARIANTS.items()}
+    runs = {k: _step(c, steps) for k, c in cfgs.items()}
+    times = {k: [] for k in runs}
+    with EventStorage(0):
+        for k, step in runs.items():
+            _timed_step(step, 0)   # warm-up
+        for it in range(1, steps + 1):
+            for k, step in runs.items():
+                times[k].append(_timed_step(step, it))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    combine_s, n = calibration_seconds(runs["PAOA"])
+    c = cfgs["PAOA"]
+    return {"size": size, "device": c.MODEL.DEVICE, "backbone": c.MODEL.BACKBONE.DEPTH,
+            "input": list(c.INPUT.SIZE_TRAIN), "batch": c.SOLVER.IMS_PER_BATCH,
+            "step_s": med, "ratio_to_baseline": {k: v / med["baseline"] for k, v in med.items()},
+            "calibration_s": combine_s, "calibration_share_%": 100 * combine_s / med["PAOA"],
+            "shared_params": n}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="synthetic")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
+    args = p.parse_args(argv)
+    from plugins.bench import machine
+    r = step_ratios(args.size, args.steps, args.opts)
+    print(f"machine: {machine()}")
+    print(f"{r['size']}: ResNet-{r['backbone']}, input {r['input']}, batch {r['batch']}, {r['device']}")
+    for k, v in r["step_s"].items():
+        print(f"  {k:<22} {v:8.3f} s/step  {r['ratio_to_baseline'][k]:5.2f}x baseline")
+    print(f"  calibration            {r['calibration_s']:8.4f} s       "
+          f"{r['calibration_share_%']:5.2f}% of a PAOA step ({r['shared_params']:.0f} shared parameters)")
+    return r
+
+
+if __name__ == "__main__":
+    main()

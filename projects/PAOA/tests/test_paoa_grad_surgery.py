@@ -203,3 +203,25 @@ def test_bench_extra_reports_the_calibration_share():
     assert out["shared_params"] == 11176512   # ResNet-18's parameters: the whole extractor is calibrated
     assert 0 < out["calibration_s"] < out["paoa_step_s"]
     assert out["calibration_share_%"] == pytest.approx(100 * out["calibration_s"] / out["paoa_step_s"])
+
+
+def test_step_ratios_time_the_three_variants_in_one_run():
+    from paoa.bench import main
+    r = main(["--steps", "1", "SOLVER.IMS_PER_BATCH", "8", "INPUT.SIZE_TRAIN", "[32,16]"])
+    assert set(r["step_s"]) == {"baseline", "PAOA-no-calibration", "PAOA"}
+    assert r["ratio_to_baseline"]["baseline"] == 1.0
+    assert all(v > 0 for v in r["step_s"].values())
+    assert r["calibration_share_%"] == pytest.approx(100 * r["calibration_s"] / r["step_s"]["PAOA"])
+
+
+def test_bench_baseline_variant_is_the_plain_model():
+    """The 'baseline' of the step ratios has no auxiliary head and one objective; the paper size is
+    ResNet-50 at 256x128, batch 64."""
+    from paoa.bench import SIZES, VARIANTS, _cfg
+    from fastreid.modeling.meta_arch import build_model
+    cfg = _cfg(SIZES["synthetic"][0], VARIANTS["baseline"])
+    model = build_model(cfg)
+    assert not hasattr(model, "aux_head") and list(cfg.SOLVER.GRAD_COMBINE.AUX_LOSSES) == []
+    paper = _cfg(*SIZES["paper"])
+    assert (paper.MODEL.BACKBONE.DEPTH, list(paper.INPUT.SIZE_TRAIN), paper.SOLVER.IMS_PER_BATCH) == ("50x", [256, 128], 64)
+    assert list(paper.MODEL.PAOA.SALIENCY_SIZE) == [64, 32]
