@@ -6,8 +6,8 @@ unseen domain, and the gap to the baseline) and results.png into --out.
     python -m plugins.compare --out output/compare [--seeds 0 1 2] [--epochs 4] [--only PAOA]
 
 Sized for about an hour on 2 CPU cores: the "compare" preset of the benchmark (50 training ids per
-domain, generated under --root) and 4 epochs (~224 iterations of batch 32, 20 of them warm-up)
-per run, data loaded in the training process.
+domain, generated under --root) and 4 epochs x 56 iterations of batch 32 per run for every method
+(20 of them warm-up), data loaded in the training process.
 Each project names its synthetic config for this budget with COMPARE_CONFIG (else the first
 BENCH_CONFIGS), may say what else it trains on with COMPARE_NOTE, and may add test-time variants
 of its trained model with COMPARE_VARIANTS = {name: (config_file, opts)} (evaluated, not trained).
@@ -56,12 +56,14 @@ def _common(root, seed):
     return ["DATASETS.ROOT", root, "SEED", str(seed), "DATASETS.TESTS", f'("{TARGET}",)']
 
 
-def train_once(config_file, root, out_dir, seed, epochs, warmup_iters=20, workers=0):
-    """One training run at the compare budget. The budget's short warm-up and in-process data
-    loading (no worker processes competing with the 2 training threads) apply to every method."""
+def train_once(config_file, root, out_dir, seed, epochs, iters_per_epoch=56, warmup_iters=20, workers=0):
+    """One training run at the compare budget: the same number of iterations for every method (an
+    epoch is `iters_per_epoch` iterations whatever the size of the method's training set), a short
+    warm-up, and in-process data loading (no worker processes competing with the 2 training threads)."""
     t0 = time.perf_counter()
     r = _run(["--config-file", os.path.join(REPO, config_file), "OUTPUT_DIR", out_dir, *_common(root, seed),
-              "SOLVER.MAX_EPOCH", str(epochs), "TEST.EVAL_PERIOD", str(epochs),
+              "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.ITERS_PER_EPOCH", str(iters_per_epoch),
+              "TEST.EVAL_PERIOD", str(epochs),
               "SOLVER.CHECKPOINT_PERIOD", str(epochs), "SOLVER.WARMUP_ITERS", str(warmup_iters),
               "DATALOADER.NUM_WORKERS", str(workers)])
     return dict(r, seconds=round(time.perf_counter() - t0, 1))
@@ -142,6 +144,9 @@ def main(argv=None):
     p.add_argument("--preset", default="compare", help="synthetic benchmark preset")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--iters-per-epoch", type=int, default=56,
+                   help="SOLVER.ITERS_PER_EPOCH of every run (56: one pass of the baseline over the "
+                        "compare preset's 3 x 600 source images at batch 32)")
     p.add_argument("--warmup-iters", type=int, default=20, help="SOLVER.WARMUP_ITERS of every run")
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of every run")
     p.add_argument("--only", nargs="*")
@@ -163,7 +168,8 @@ def main(argv=None):
         for seed in args.seeds:
             out_dir = os.path.join(args.out, name, f"seed{seed}")
             record(f"{name}/seed{seed}", lambda: train_once(spec["config"], args.root, out_dir, seed, args.epochs,
-                                                                    args.warmup_iters, args.workers))
+                                                                    args.iters_per_epoch, args.warmup_iters,
+                                                                    args.workers))
             for var, (var_cfg, opts) in spec["variants"].items():
                 notes[var] = spec["note"]
                 record(f"{var}/seed{seed}", lambda: evaluate_variant(var_cfg, list(opts), args.root, out_dir, seed))
@@ -173,7 +179,8 @@ def main(argv=None):
     rows = summarize(by_method, notes)
     hours = sum(r.get("seconds", 0) for r in runs.values()) / 3600
     header = (f"Synthetic leave-one-domain-out (-> unseen {TARGET}), benchmark preset '{args.preset}', "
-              f"{args.epochs} epochs per run ({args.warmup_iters} warm-up iterations), seeds {args.seeds}; {hours:.2f} h of runs "
+              f"{args.epochs} epochs x {args.iters_per_epoch} iterations per run ({args.warmup_iters} warm-up), "
+              f"seeds {args.seeds}; {hours:.2f} h of runs "
               f"({(time.perf_counter() - t0) / 3600:.2f} h this invocation); measured on {machine()}")
     print(write_markdown(rows, os.path.join(args.out, "results.md"), header))
     write_plot(rows, os.path.join(args.out, "results.png"))

@@ -16,6 +16,9 @@ def add_dg_config(cfg):
     cfg.DATASETS.DOMAIN_LABEL = "dataset"
 
     cfg.SOLVER.ACCUM_STEPS = 1       # micro-batches accumulated per optimizer step
+    # Iterations per epoch; 0: one pass over the training set (fastreid's len(train set) // batch).
+    # Fixing it gives runs on training sets of different sizes the same budget (`make compare`).
+    cfg.SOLVER.ITERS_PER_EPOCH = 0
     cfg.SOLVER.LR_MULTIPLIERS = []   # [[param-name prefix, factor], ...]; longest prefix wins
     cfg.SOLVER.NAN_CHECK = True      # stop on a non-finite loss term, naming it
 

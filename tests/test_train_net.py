@@ -59,3 +59,15 @@ def test_corrupt_image_names_the_file(synthetic_root, tmp_path):
 def test_eval_only_without_weights_fails_clearly(synthetic_root, tmp_path):
     with pytest.raises(SystemExit, match="MODEL.WEIGHTS"):
         run_train_net(BASELINE, tmp_path, synthetic_root, flags=["--eval-only"])
+
+
+def test_iters_per_epoch_fixes_the_run_length(synthetic_root, tmp_path):
+    """SOLVER.ITERS_PER_EPOCH overrides one pass over the training set (the data loader is
+    infinite), so runs on training sets of different sizes get the same number of iterations."""
+    import json
+    run_train_net(BASELINE, tmp_path, synthetic_root, "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "7",
+                  "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2")
+    with open(tmp_path / "metrics.json") as f:
+        iters = [json.loads(line)["iteration"] for line in f if '"total_loss"' in line]
+    assert max(iters) == 2 * 7 - 1
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["epoch"] == 1

@@ -48,7 +48,7 @@ class DGTrainer(DefaultTrainer):
             ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
-        self.iters_per_epoch = len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
+        self.iters_per_epoch = cfg.SOLVER.ITERS_PER_EPOCH or len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
         self.schedule = self.build_schedule(cfg)
         self._trainer = DGStep(cfg, model, data_loader, optimizers,
                                self.build_extra_loaders(cfg), self.schedule)
