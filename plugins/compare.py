@@ -15,6 +15,7 @@ Numbers are what this run measured; a method that does not beat the baseline is 
 """
 import argparse
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -45,9 +46,24 @@ def methods(only=None):
     return out
 
 
+def _handlers():
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    return {(lg, h) for lg in loggers for h in lg.handlers}
+
+
 def _run(argv):
+    """train_net in this process. fastreid's setup_logger adds a console and a log-file handler per
+    OUTPUT_DIR and never removes them; they are detached afterwards, so that each run's
+    OUTPUT_DIR/log.txt holds that run only and the console shows each line once."""
     import train_net
-    res = train_net.main(train_net.default_argument_parser().parse_args(argv))
+    before = _handlers()
+    try:
+        res = train_net.main(train_net.default_argument_parser().parse_args(argv))
+    finally:
+        for lg, h in _handlers() - before:
+            h.flush()
+            lg.removeHandler(h)
     res = res.get(TARGET, res)
     return {"mAP": float(res["mAP"]), "Rank-1": float(res["Rank-1"])}
 

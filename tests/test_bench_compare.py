@@ -53,3 +53,15 @@ def test_compare_budget_keeps_every_stage_inside_the_run():
     cfg.merge_from_file(os.path.join(compare.REPO, compare.methods()["ADIN"]["config"]))
     iters = epochs * (3 * 50 * 4 * 3) // 32
     assert cfg.ADIN.JOINT_ITERS + cfg.ADIN.PRETRAIN_ITERS + cfg.ADIN.ADV_ITERS < iters
+
+
+def test_each_compare_run_logs_into_its_own_directory(synthetic_root, tmp_path):
+    """Two in-process runs: the first run's log.txt does not receive the second run's lines."""
+    import tests.e2e_utils as e2e
+    for i, seed in enumerate((0, 1)):
+        out = tmp_path / f"run{i}"
+        compare._run(["--config-file", os.path.join(compare.REPO, compare.BASELINE), "OUTPUT_DIR", str(out),
+                      *compare._common(synthetic_root, seed), *e2e.TINY])
+    first, second = (tmp_path / "run0" / "log.txt").read_text(), (tmp_path / "run1" / "log.txt").read_text()
+    assert str(tmp_path / "run0") in first and str(tmp_path / "run1") not in first
+    assert str(tmp_path / "run1") in second
