@@ -14,6 +14,7 @@ of its trained model with COMPARE_VARIANTS = {name: (config_file, opts)} (evalua
 Numbers are what this run measured; a method that does not beat the baseline is reported so.
 """
 import argparse
+import glob
 import json
 import logging
 import os
@@ -166,11 +167,20 @@ def main(argv=None):
     p.add_argument("--warmup-iters", type=int, default=20, help="SOLVER.WARMUP_ITERS of every run")
     p.add_argument("--workers", type=int, default=0, help="DATALOADER.NUM_WORKERS of every run")
     p.add_argument("--only", nargs="*")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each run's checkpoints (deleted once its results are recorded otherwise)")
     args = p.parse_args(argv)
     ensure_benchmark(args.root, args.preset)
     os.makedirs(args.out, exist_ok=True)
     state_file = os.path.join(args.out, "runs.json")
     runs = json.load(open(state_file)) if os.path.exists(state_file) else {}   # resumable
+    budget = {k: getattr(args, k) for k in ("preset", "epochs", "iters_per_epoch", "warmup_iters", "workers")}
+    budget_file = os.path.join(args.out, "budget.json")
+    if runs and (not os.path.exists(budget_file) or json.load(open(budget_file)) != budget):
+        raise SystemExit(f"{args.out} holds runs of another budget (see {budget_file}); "
+                         "pick another --out or delete it")
+    with open(budget_file, "w") as f:
+        json.dump(budget, f, indent=1)
 
     def record(key, fn):
         if key not in runs:
@@ -189,6 +199,9 @@ def main(argv=None):
             for var, (var_cfg, opts) in spec["variants"].items():
                 notes[var] = spec["note"]
                 record(f"{var}/seed{seed}", lambda: evaluate_variant(var_cfg, list(opts), args.root, out_dir, seed))
+            if not args.keep_checkpoints:   # ~0.3 GB per run (model + optimizer state, final and best)
+                for f in glob.glob(os.path.join(out_dir, "*.pth")):
+                    os.remove(f)
     by_method = {}
     for key, r in runs.items():
         by_method.setdefault(key.split("/")[0], []).append(r)

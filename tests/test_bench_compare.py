@@ -2,6 +2,7 @@
 import os
 
 import cv2
+import pytest
 
 from plugins import bench, compare
 
@@ -65,3 +66,18 @@ def test_each_compare_run_logs_into_its_own_directory(synthetic_root, tmp_path):
     first, second = (tmp_path / "run0" / "log.txt").read_text(), (tmp_path / "run1" / "log.txt").read_text()
     assert str(tmp_path / "run0") in first and str(tmp_path / "run1") not in first
     assert str(tmp_path / "run1") in second
+
+
+def test_compare_refuses_to_mix_budgets(tmp_path, monkeypatch):
+    """Resuming into an output directory that holds runs of another budget is an error; no run starts."""
+    import json
+    monkeypatch.setattr(compare, "ensure_benchmark", lambda root, preset: None)
+    monkeypatch.setattr(compare, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    (tmp_path / "runs.json").write_text(json.dumps({"baseline/seed0": {"mAP": 1.0, "Rank-1": 1.0}}))
+    (tmp_path / "budget.json").write_text(json.dumps({"preset": "compare", "epochs": 8, "iters_per_epoch": 56,
+                                                      "warmup_iters": 20, "workers": 0}))
+    with pytest.raises(SystemExit, match="another budget"):
+        compare.main(["--out", str(tmp_path), "--seeds", "0", "--only", "none"])
+    # the same budget resumes: nothing left to train for the baseline, the table is written
+    compare.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "8", "--only", "none"])
+    assert "| baseline | SynthDomain0-2 | 1 | 1.0 ± 0.0 |" in (tmp_path / "results.md").read_text()
