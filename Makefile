@@ -39,7 +39,7 @@ bench: setup
 	$(PY) -m plugins.bench
 
 compare: setup
-	$(PY) -m plugins.compare --out output/compare
+	$(PY) -m plugins.compare --root $(DATA)/compare --out output/compare
 
 clean-venv:
 	rm -rf $(VENV)
