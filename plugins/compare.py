@@ -188,29 +188,29 @@ def main(argv=None):
             with open(state_file, "w") as f:
                 json.dump(runs, f, indent=1)
 
-    t0, notes = time.perf_counter(), {}
+    specs = methods()
+    order = [n for name, spec in specs.items() for n in (name, *spec["variants"])]   # table rows
+    notes = {n: spec["note"] for name, spec in specs.items() for n in (name, *spec["variants"])}
     for name, spec in methods(args.only).items():
-        notes[name] = spec["note"]
         for seed in args.seeds:
             out_dir = os.path.join(args.out, name, f"seed{seed}")
             record(f"{name}/seed{seed}", lambda: train_once(spec["config"], args.root, out_dir, seed, args.epochs,
                                                                     args.iters_per_epoch, args.warmup_iters,
                                                                     args.workers))
             for var, (var_cfg, opts) in spec["variants"].items():
-                notes[var] = spec["note"]
                 record(f"{var}/seed{seed}", lambda: evaluate_variant(var_cfg, list(opts), args.root, out_dir, seed))
             if not args.keep_checkpoints:   # ~0.3 GB per run (model + optimizer state, final and best)
                 for f in glob.glob(os.path.join(out_dir, "*.pth")):
                     os.remove(f)
     by_method = {}
-    for key, r in runs.items():
-        by_method.setdefault(key.split("/")[0], []).append(r)
+    rank = {n: i for i, n in enumerate(order)}
+    for key in sorted(runs, key=lambda k: (rank.get(k.split("/")[0], len(rank)), k)):
+        by_method.setdefault(key.split("/")[0], []).append(runs[key])
     rows = summarize(by_method, notes)
     hours = sum(r.get("seconds", 0) for r in runs.values()) / 3600
     header = (f"Synthetic leave-one-domain-out (-> unseen {TARGET}), benchmark preset '{args.preset}', "
               f"{args.epochs} epochs x {args.iters_per_epoch} iterations per run ({args.warmup_iters} warm-up), "
-              f"seeds {args.seeds}; {hours:.2f} h of runs "
-              f"({(time.perf_counter() - t0) / 3600:.2f} h this invocation); measured on {machine()}")
+              f"seeds {args.seeds}; {hours:.2f} h of runs in all; measured on {machine()}")
     print(write_markdown(rows, os.path.join(args.out, "results.md"), header))
     write_plot(rows, os.path.join(args.out, "results.png"))
 
