@@ -53,7 +53,9 @@ class GradCalibration:
     def coefficients(self, dot, pp, aa):
         raise NotImplementedError
 
-    def __call__(self, grads):
+    def __call__(self, grads, inplace=False):
+        """inplace: the result may be written into the given tensors (the engine's step hands over
+        buffers it no longer needs, which saves allocating a model-sized gradient every step)."""
         g_p, g_a = grads["primary"], grads["aux"]
         single = torch.is_tensor(g_p)
         if single:
@@ -61,12 +63,15 @@ class GradCalibration:
         dot, pp, aa = inner_products(g_p, g_a)
         conflict = dot < 0
         a_p, a_a = self.coefficients(dot, pp, aa) if conflict else (1.0, 1.0)
-        if a_p == 1.0:
-            combined = torch._foreach_add(g_p, g_a, alpha=a_a)
-        elif a_a == 1.0:
-            combined = torch._foreach_add(g_a, g_p, alpha=a_p)
+        if a_p != 1.0 and a_a == 1.0:   # a_p * g_p + g_a: accumulate into g_a
+            g_p, g_a, a_p, a_a = g_a, g_p, a_a, a_p
+        if not inplace:
+            combined = torch._foreach_add(torch._foreach_mul(g_p, a_p) if a_p != 1.0 else g_p, g_a, alpha=a_a)
         else:
-            combined = torch._foreach_add(torch._foreach_mul(g_p, a_p), g_a, alpha=a_a)
+            if a_p != 1.0:
+                torch._foreach_mul_(g_p, a_p)
+            torch._foreach_add_(g_p, g_a, alpha=a_a)
+            combined = g_p
         self.steps += 1
         self.conflicts += conflict
         cosine = dot / (pp * aa) ** 0.5 if pp > 0 and aa > 0 else 0.0

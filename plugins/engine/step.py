@@ -11,6 +11,7 @@ micro-batches, averaged across DDP processes, and only then combined on the shar
 configured combiner (gradient surgery), so accumulation and DDP give the update of the joint batch.
 Parameters outside the shared extractor receive the plain sum of the objectives' gradients.
 """
+import inspect
 import logging
 import time
 import warnings
@@ -47,14 +48,18 @@ class SumCombiner:
     def __init__(self, cfg=None):
         pass
 
-    def __call__(self, grads):
-        """grads: {objective: tensor or list of per-parameter tensors}; returns the same shape."""
+    def __call__(self, grads, inplace=False):
+        """grads: {objective: tensor or list of per-parameter tensors}; returns the same shape
+        (written into the first objective's tensors when `inplace`)."""
         gs = list(grads.values())
         if torch.is_tensor(gs[0]):
             return torch.stack(gs).sum(0), {}
-        total = gs[0]
+        total = gs[0] if inplace else list(gs[0])
         for g in gs[1:]:
-            total = torch._foreach_add(total, g)
+            if inplace:
+                torch._foreach_add_(total, g)
+            else:
+                total = torch._foreach_add(total, g)
         return list(total), {}
 
 
@@ -84,6 +89,8 @@ class DGStep(SimpleTrainer):
         self.nan_check = cfg.SOLVER.NAN_CHECK
         gc = cfg.SOLVER.GRAD_COMBINE
         self.combiner = GRAD_COMBINERS.get(gc.NAME)(cfg)
+        # Combiners that accept `inplace` may reuse the step's gradient buffers for their result.
+        self._combine_kwargs = {"inplace": True} if "inplace" in inspect.signature(self.combiner).parameters else {}
         self.aux_losses = frozenset(gc.AUX_LOSSES)
         names = {p: n for n, p in unwrap(model).named_parameters()}
         self.shared = {p for p, n in names.items() if any(n.startswith(s) for s in gc.SHARED)}
@@ -181,7 +188,8 @@ class DGStep(SimpleTrainer):
         shared = set(shared_idx)
         total = [None if i in shared else _sum([g[i] for g in grads.values()]) for i in range(len(params))]
         if shared_idx:   # per-parameter lists: no concatenation of the objectives' gradients
-            combined, stats = self.combiner({k: [g[i] for i in shared_idx] for k, g in grads.items()})
+            combined, stats = self.combiner({k: [g[i] for i in shared_idx] for k, g in grads.items()},
+                                            **self._combine_kwargs)
             for i, g in zip(shared_idx, combined):
                 total[i] = g
             if stats and comm.is_main_process():

@@ -46,12 +46,15 @@ def _sync():
         torch.cuda.synchronize()
 
 
+WARMUP = 2   # untimed steps first (allocator and oneDNN caches)
+
+
 def _step(cfg, steps):
     from fastreid.modeling.meta_arch import build_model
     from plugins.engine import DGStep, build_optimizer
     model = build_model(cfg)
     model.train()
-    batches = [_batch(cfg, seed=i) for i in range(steps + 1)]
+    batches = [_batch(cfg, seed=i) for i in range(steps + WARMUP)]
     return DGStep(cfg, model, [dict(b, images=b["images"].clone()) for b in batches],
                   {"main": build_optimizer(cfg, model)})
 
@@ -66,18 +69,19 @@ def _timed_step(step, it):
 
 
 def calibration_seconds(step, repeats=20):
-    """The combiner on per-parameter shared gradients in conflict (the projection branch), as the
-    engine's step calls it."""
+    """The combiner on per-parameter shared gradients in conflict (the projection branch), called as
+    the engine's step calls it (in place when it can); median seconds over `repeats` fresh inputs."""
     shared = [p for p in step.model.parameters() if p in step.shared]
-    g = {"primary": [torch.randn_like(p) for p in shared]}
-    g["aux"] = [-x for x in g["primary"]]
-    step.combiner(g)   # warm-up
-    _sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step.combiner(g)
-    _sync()
-    return (time.perf_counter() - start) / repeats, float(sum(p.numel() for p in shared))
+    base = [torch.randn_like(p) for p in shared]
+    times = []
+    for _ in range(repeats + 1):
+        g = {"primary": [x.clone() for x in base], "aux": [-x for x in base]}
+        _sync()
+        start = time.perf_counter()
+        step.combiner(g, **step._combine_kwargs)
+        _sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]), float(sum(p.numel() for p in shared))
 
 
 def bench_extra(config_file="projects/PAOA/configs/Synthetic/paoa.yml", steps=5, repeats=20, opts=()):
@@ -87,8 +91,9 @@ def bench_extra(config_file="projects/PAOA/configs/Synthetic/paoa.yml", steps=5,
     cfg = _cfg(config_file, opts)
     step = _step(cfg, steps)
     with EventStorage(0):
-        _timed_step(step, 0)   # warm-up
-        step_s = sum(_timed_step(step, it) for it in range(1, steps + 1)) / steps
+        for it in range(WARMUP):
+            _timed_step(step, it)
+        step_s = statistics.median(_timed_step(step, it) for it in range(WARMUP, WARMUP + steps))
     combine_s, n = calibration_seconds(step, repeats)
     return {"paoa_step_s": step_s, "calibration_s": combine_s,
             "calibration_share_%": 100 * combine_s / step_s, "shared_params": n, "device": cfg.MODEL.DEVICE}
@@ -115,9 +120,10 @@ def step_ratios(size="synthetic", steps=3, opts=()):
     runs = {k: _step(c, steps) for k, c in cfgs.items()}
     times = {k: [] for k in runs}
     with EventStorage(0):
-        for k, step in runs.items():
-            _timed_step(step, 0)   # warm-up
-        for it in range(1, steps + 1):
+        for it in range(WARMUP):
+            for step in runs.values():
+                _timed_step(step, it)
+        for it in range(WARMUP, WARMUP + steps):
             for k, step in runs.items():
                 times[k].append(_timed_step(step, it))
     med = {k: statistics.median(v) for k, v in times.items()}

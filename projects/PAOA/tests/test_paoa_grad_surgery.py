@@ -107,6 +107,24 @@ def test_per_parameter_lists_equal_the_flat_vector(name):
         assert torch.equal(torch.cat([x.reshape(-1) for x in g_a]), flat_a)
 
 
+@pytest.mark.parametrize("name", ["sum", "calibrate_primary", "mutual", "calibrate_aux"])
+def test_inplace_writes_the_same_result_into_the_given_buffers(name):
+    """What the engine's step asks for: the same combination, held in one of the input lists."""
+    rng = np.random.default_rng(3)
+    shapes = [(3, 4), (5,), (2, 2, 3)]
+    for _ in range(20):   # about half in conflict
+        g_p = [torch.tensor(rng.normal(size=s), dtype=torch.float32) for s in shapes]
+        g_a = [torch.tensor(rng.normal(size=s), dtype=torch.float32) for s in shapes]
+        expected, _ = GRAD_COMBINERS.get(name)(None)({"primary": g_p, "aux": g_a})
+        ids = {id(t) for t in g_p + g_a}
+        out, _ = GRAD_COMBINERS.get(name)(None)({"primary": [t.clone() for t in g_p], "aux": [t.clone() for t in g_a]},
+                                               inplace=True)
+        got, _ = GRAD_COMBINERS.get(name)(None)({"primary": g_p, "aux": g_a}, inplace=True)
+        assert all(id(t) in ids for t in got)       # no new gradient tensors
+        for e, o in zip(expected, out):
+            assert torch.equal(e, o)
+
+
 def test_conflict_share_counts_steps():
     comb = CalibrateAux()
     for g_a in ([-1.0, 0.0], [1.0, 0.0], [-1.0, 1.0], [0.0, 1.0]):
