@@ -1,5 +1,5 @@
 """`make compare`: the baseline and each method on the synthetic leave-one-domain-out protocol
-(sources SynthDomain0-2, unseen target SynthDomain3), at an equal budget (same epochs, batch,
+(sources SynthDomain0-2, unseen target SynthDomain3), at an equal budget (same iterations, batch,
 backbone and input), several seeds each; writes results.md (mean ± std of mAP and Rank-1 on the
 unseen domain, and the gap to the baseline) and results.png into --out.
 
@@ -32,9 +32,6 @@ TARGET = "SynthDomain3"
 REPO = str(Path(__file__).resolve().parent.parent)   # config paths below are relative to the repository
 
 
-PROJECT_KEYS = ("config", "note", "variants")
-
-
 def methods(only=None):
     """name -> {"config", "note", "variants"} for the baseline and each discovered project."""
     out = {"baseline": {"config": BASELINE, "note": "SynthDomain0-2", "variants": {}}}
@@ -43,7 +40,7 @@ def methods(only=None):
         name = Path(mod.__file__).parent.parent.name   # the project directory: PAOA, TAL, ...
         if cfg and (not only or any(o.lower() == name.lower() for o in only)):
             out[name] = {"config": cfg, "note": getattr(mod, "COMPARE_NOTE", "SynthDomain0-2"),
-                                 "variants": dict(getattr(mod, "COMPARE_VARIANTS", {}))}
+                         "variants": dict(getattr(mod, "COMPARE_VARIANTS", {}))}
     return out
 
 
