@@ -44,11 +44,8 @@ def _get(cfg, key):
 
 
 def load_cfg(config_file, root, out_dir, opts=()):
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["DATASETS.ROOT", root, "OUTPUT_DIR", out_dir, "DATALOADER.NUM_WORKERS", "0",
-                         "MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu", *opts])
-    return cfg
+    return get_dg_cfg(config_file, ["DATASETS.ROOT", root, "OUTPUT_DIR", out_dir, "DATALOADER.NUM_WORKERS", "0",
+                                    "MODEL.DEVICE", "cuda" if torch.cuda.is_available() else "cpu", *opts])
 
 
 class _Prefetched:

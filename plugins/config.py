@@ -39,11 +39,15 @@ def add_dg_config(cfg):
     return cfg
 
 
-def get_dg_cfg():
-    """fastreid defaults + the toolbox keys + the keys of every discovered project."""
+def get_dg_cfg(config_file=None, opts=()):
+    """fastreid defaults + the toolbox keys + the keys of every discovered project, then
+    `config_file` and the KEY VALUE list `opts` merged in when given."""
     from fastreid.config import get_cfg
     from plugins.projects import add_project_configs
     cfg = get_cfg()
     add_dg_config(cfg)
     add_project_configs(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     return cfg

@@ -34,9 +34,7 @@ def _trainer(config, root, out):
     from plugins.compat import fix_model_device
     from plugins.config import get_dg_cfg
     from plugins.registry import TRAINER_REGISTRY
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config))
-    cfg.merge_from_list(["DATASETS.ROOT", root, "OUTPUT_DIR", out])
+    cfg = get_dg_cfg(os.path.join(REPO, config), ["DATASETS.ROOT", root, "OUTPUT_DIR", out])
     fix_model_device(cfg)
     cfg.freeze()
     os.makedirs(out, exist_ok=True)

@@ -45,9 +45,7 @@ def main(argv=None):
     p.add_argument("--purity", action="store_true", help="report purity against the true ids")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dg_cfg(args.config_file, args.opts)
     cfg.MODEL.BACKBONE.PRETRAIN = False
     from plugins.compat import fix_model_device
     fix_model_device(cfg)

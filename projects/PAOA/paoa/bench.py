@@ -24,9 +24,7 @@ BENCH_CONFIGS = {
 
 def _cfg(config_file, opts=()):
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(list(opts))
+    cfg = get_dg_cfg(os.path.join(REPO, config_file), opts)
     cfg.MODEL.HEADS.NUM_CLASSES = 16
     cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     return cfg

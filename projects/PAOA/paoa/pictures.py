@@ -26,9 +26,7 @@ def load_model(config_file, weights, opts=()):
     from fastreid.utils.checkpoint import Checkpointer
     from plugins.compat import fix_model_device
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = get_dg_cfg(config_file, opts)
     cfg.MODEL.BACKBONE.PRETRAIN = False
     if weights:
         cfg.MODEL.WEIGHTS = weights

@@ -170,9 +170,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_dg_cfg(args.config_file, args.opts)
     source = build_weak_labels(cfg, on_the_fly=False)
     paths = config_images(cfg, args.splits)
     if args.check or cfg.PAOA.WEAK_LABELS.SOURCE != "estimate":

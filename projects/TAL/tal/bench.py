@@ -27,11 +27,9 @@ def _model(input_size, device):
     map sizes matter for scoring)."""
     from fastreid.modeling.meta_arch import build_model
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(SYNTH_CONFIG)
-    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.TAL.NUM_DOMAINS", "3", "MODEL.BACKBONE.PRETRAIN",
-                         "False", "INPUT.SIZE_TRAIN", str(list(input_size)),
-                         "INPUT.SIZE_TEST", str(list(input_size))])
+    cfg = get_dg_cfg(SYNTH_CONFIG, ["MODEL.DEVICE", device, "MODEL.TAL.NUM_DOMAINS", "3",
+                                    "MODEL.BACKBONE.PRETRAIN", "False", "INPUT.SIZE_TRAIN", str(list(input_size)),
+                                    "INPUT.SIZE_TEST", str(list(input_size))])
     torch.manual_seed(0)
     return build_model(cfg).eval()
 
@@ -101,9 +99,7 @@ def shortlist_tradeoff(config, weights, root, topks, device="cpu", targets=None)
     from plugins.config import get_dg_cfg
     from plugins.engine.tta import run_inference
     from .trainer import TALTrainer
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(["MODEL.DEVICE", device, "DATASETS.ROOT", root, "MODEL.BACKBONE.PRETRAIN", "False"])
+    cfg = get_dg_cfg(config, ["MODEL.DEVICE", device, "DATASETS.ROOT", root, "MODEL.BACKBONE.PRETRAIN", "False"])
     model = build_model(cfg)
     Checkpointer(model).load(weights)
     rows = []
