@@ -50,12 +50,15 @@ def _handlers():
     return {(lg, h) for lg in loggers for h in lg.handlers}
 
 
-def _run(argv):
-    """train_net in this process. fastreid's setup_logger adds a console and a log-file handler per
-    OUTPUT_DIR and never removes them; they are detached afterwards, so that each run's
-    OUTPUT_DIR/log.txt holds that run only and the console shows each line once."""
+def _run(config_file, root, seed, *opts, flags=()):
+    """train_net in this process on `config_file` (relative to the repository), tested on the
+    unseen target; returns its mAP, Rank-1 and seconds. fastreid's setup_logger adds a console and
+    a log-file handler per OUTPUT_DIR and never removes them; they are detached afterwards, so that
+    each run's OUTPUT_DIR/log.txt holds that run only and the console shows each line once."""
     import train_net
-    before = _handlers()
+    argv = ["--config-file", os.path.join(REPO, config_file), *flags, "DATASETS.ROOT", root,
+            "SEED", str(seed), "DATASETS.TESTS", f'("{TARGET}",)', *opts]
+    before, t0 = _handlers(), time.perf_counter()
     try:
         res = train_net.main(train_net.default_argument_parser().parse_args(argv))
     finally:
@@ -63,32 +66,24 @@ def _run(argv):
             h.flush()
             lg.removeHandler(h)
     res = res.get(TARGET, res)
-    return {"mAP": float(res["mAP"]), "Rank-1": float(res["Rank-1"])}
-
-
-def _common(root, seed):
-    return ["DATASETS.ROOT", root, "SEED", str(seed), "DATASETS.TESTS", f'("{TARGET}",)']
+    return {"mAP": float(res["mAP"]), "Rank-1": float(res["Rank-1"]),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def train_once(config_file, root, out_dir, seed, epochs, iters_per_epoch=56, warmup_iters=20, workers=0):
     """One training run at the compare budget: the same number of iterations for every method (an
     epoch is `iters_per_epoch` iterations whatever the size of the method's training set), a short
     warm-up, and in-process data loading (no worker processes competing with the 2 training threads)."""
-    t0 = time.perf_counter()
-    r = _run(["--config-file", os.path.join(REPO, config_file), "OUTPUT_DIR", out_dir, *_common(root, seed),
-              "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.ITERS_PER_EPOCH", str(iters_per_epoch),
-              "TEST.EVAL_PERIOD", str(epochs),
-              "SOLVER.CHECKPOINT_PERIOD", str(epochs), "SOLVER.WARMUP_ITERS", str(warmup_iters),
-              "DATALOADER.NUM_WORKERS", str(workers)])
-    return dict(r, seconds=round(time.perf_counter() - t0, 1))
+    return _run(config_file, root, seed, "OUTPUT_DIR", out_dir,
+                "SOLVER.MAX_EPOCH", str(epochs), "SOLVER.ITERS_PER_EPOCH", str(iters_per_epoch),
+                "TEST.EVAL_PERIOD", str(epochs), "SOLVER.CHECKPOINT_PERIOD", str(epochs),
+                "SOLVER.WARMUP_ITERS", str(warmup_iters), "DATALOADER.NUM_WORKERS", str(workers))
 
 
 def evaluate_variant(config_file, opts, root, trained_dir, seed):
     """A test-time variant (e.g. PAOA+) of a model trained by train_once: evaluation only."""
-    t0 = time.perf_counter()
-    r = _run(["--config-file", os.path.join(REPO, config_file), "--eval-only", "OUTPUT_DIR", trained_dir + "_eval",
-              "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth"), *_common(root, seed), *opts])
-    return dict(r, seconds=round(time.perf_counter() - t0, 1))
+    return _run(config_file, root, seed, "OUTPUT_DIR", trained_dir + "_eval",
+                "MODEL.WEIGHTS", os.path.join(trained_dir, "model_final.pth"), *opts, flags=["--eval-only"])
 
 
 def summarize(runs, notes=None):

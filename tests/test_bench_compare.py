@@ -46,12 +46,10 @@ def test_compare_budget_keeps_every_stage_inside_the_run():
     """At the compare budget (4 epochs of the compare preset, 56 iterations each) the scheduled
     methods must reach their later stages: DomainMix's stage 3 and ADIN's adversarial phase."""
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(compare.REPO, compare.methods()["DomainMix"]["config"]))
+    cfg = get_dg_cfg(os.path.join(compare.REPO, compare.methods()["DomainMix"]["config"]))
     epochs = 4
     assert 0 < cfg.DOMAINMIX.PSEUDO.START_EPOCH < cfg.DOMAINMIX.STAGE3_START < epochs
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(compare.REPO, compare.methods()["ADIN"]["config"]))
+    cfg = get_dg_cfg(os.path.join(compare.REPO, compare.methods()["ADIN"]["config"]))
     iters = epochs * (3 * 50 * 4 * 3) // 32
     assert cfg.ADIN.JOINT_ITERS + cfg.ADIN.PRETRAIN_ITERS + cfg.ADIN.ADV_ITERS < iters
 
@@ -61,8 +59,7 @@ def test_each_compare_run_logs_into_its_own_directory(synthetic_root, tmp_path):
     import tests.e2e_utils as e2e
     for i, seed in enumerate((0, 1)):
         out = tmp_path / f"run{i}"
-        compare._run(["--config-file", os.path.join(compare.REPO, compare.BASELINE), "OUTPUT_DIR", str(out),
-                      *compare._common(synthetic_root, seed), *e2e.TINY])
+        compare._run(compare.BASELINE, synthetic_root, seed, "OUTPUT_DIR", str(out), *e2e.TINY)
     first, second = (tmp_path / "run0" / "log.txt").read_text(), (tmp_path / "run1" / "log.txt").read_text()
     assert str(tmp_path / "run0") in first and str(tmp_path / "run1") not in first
     assert str(tmp_path / "run1") in second
