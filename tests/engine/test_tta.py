@@ -5,7 +5,7 @@ from torch import nn
 
 from plugins.engine import TestTimeAdapter
 
-from .toy import toy_cfg
+from .toy import Collect, toy_cfg
 
 
 class Embed(nn.Module):
@@ -25,17 +25,6 @@ class ShiftBias(TestTimeAdapter):
     def adapt(self, model, batch):
         with torch.no_grad():
             model.backbone.bias += 1.0
-
-
-class Collect:
-    def reset(self):
-        self.out = []
-
-    def process(self, batch, outputs):
-        self.out.append(outputs.clone())
-
-    def evaluate(self):
-        return {"n": len(self.out)}
 
 
 @pytest.mark.parametrize("reset, expected_shift", [("batch", [1, 1, 1]), ("dataset", [1, 2, 3])])

@@ -48,3 +48,16 @@ def make_step(cfg, model, batches, optimizers=None, schedule=None):
     step = DGStep(cfg, model, batches, optimizers, schedule=schedule)
     step.iter = 0
     return step
+
+
+class Collect:
+    """Evaluator stub for test-time adaptation tests: keeps each batch's features."""
+
+    def reset(self):
+        self.out = []
+
+    def process(self, batch, outputs):
+        self.out.append(outputs.clone())
+
+    def evaluate(self):
+        return {"n": len(self.out)}

@@ -9,17 +9,7 @@ from paoa_test_utils import tiny_batch, tiny_cfg, tiny_model
 from plugins.engine.tta import extract
 from plugins.registry import TEST_ADAPTERS
 from plugins.tta_aux import AuxLossAdapter
-
-
-class Collect:
-    def reset(self):
-        self.out = []
-
-    def process(self, batch, outputs):
-        self.out.append(outputs.clone())
-
-    def evaluate(self):
-        return {}
+from tests.engine.toy import Collect
 
 
 def adapter(steps=1, lr=1e-3, reset="batch", bn="eval"):
