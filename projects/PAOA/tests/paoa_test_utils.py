@@ -65,7 +65,7 @@ def tiny_cfg(**paoa):
     cfg.MODEL.HEADS.NUM_CLASSES = 4
     cfg.MODEL.LOSSES.NAME = ("CrossEntropyLoss", "TripletLoss")
     cfg.INPUT.SIZE_TRAIN = cfg.INPUT.SIZE_TEST = [32, 16]
-    cfg.MODEL.PAOA.SALIENCY_SIZE, cfg.MODEL.PAOA.HEAD_CHANNELS = [16, 8], [8]
+    cfg.MODEL.PAOA.SALIENCY_SIZE, cfg.MODEL.PAOA.HEAD_CHANNELS, cfg.MODEL.PAOA.HEAD_KERNELS = [16, 8], [8], [3]
     for k, v in paoa.items():
         setattr(cfg.MODEL.PAOA, k, v)
     return cfg

@@ -10,7 +10,7 @@ from torch import nn
 
 from paoa_test_utils import REPO  # (project discovery: registers the combiners)
 from plugins.engine import DGStep, build_optimizer
-from plugins.grad_surgery import CalibrateAux, CalibratePrimary, Mutual, project
+from plugins.grad_surgery import SMALL, CalibrateAux, CalibratePrimary, Mutual, inner_products, project
 from plugins.registry import GRAD_COMBINERS
 
 DESIGNS = {"sum": "a", "calibrate_primary": "b", "mutual": "c", "calibrate_aux": "d"}
@@ -105,6 +105,22 @@ def test_per_parameter_lists_equal_the_flat_vector(name):
         # inputs are left untouched (the step may still read them)
         assert torch.equal(torch.cat([x.reshape(-1) for x in g_p]), flat_p)
         assert torch.equal(torch.cat([x.reshape(-1) for x in g_a]), flat_a)
+
+
+def test_inner_products_over_large_and_small_tensors_against_float64():
+    """Large tensors are reduced one by one, the small ones together: the same three numbers as
+    an independent float64 computation over the concatenated vectors, inputs untouched."""
+    rng = np.random.default_rng(5)
+    sizes = [SMALL + 3, 7, SMALL, 1, SMALL - 1, 2 * SMALL, 64]
+    g_p = [torch.tensor(rng.normal(size=n), dtype=torch.float32) for n in sizes]
+    g_a = [torch.tensor(rng.normal(size=n), dtype=torch.float32) for n in sizes]
+    before = [t.clone() for t in g_p + g_a]
+    p, a = (np.concatenate([t.numpy().astype(np.float64) for t in g]) for g in (g_p, g_a))
+    got = inner_products(g_p, g_a)
+    assert got == pytest.approx([p @ a, p @ p, a @ a], rel=1e-5)
+    assert all(torch.equal(x, y) for x, y in zip(g_p + g_a, before))
+    x, y = g_p[1].double().numpy(), g_a[1].double().numpy()   # a single small tensor
+    assert inner_products([g_p[1]], [g_a[1]]) == pytest.approx([x @ y, x @ x, y @ y], rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["sum", "calibrate_primary", "mutual", "calibrate_aux"])

@@ -8,7 +8,7 @@ import torch
 from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 
-from paoa_test_utils import tiny_batch, tiny_cfg, tiny_model
+from paoa_test_utils import load_cfg, tiny_batch, tiny_cfg, tiny_model
 from paoa.modeling import SaliencyHead, saliency_l1, saliency_target
 
 
@@ -17,6 +17,36 @@ from paoa.modeling import SaliencyHead, saliency_l1, saliency_target
 def test_head_predicts_the_configured_map_size(feat, channels, size):
     head = SaliencyHead(32, channels, size)
     assert head(torch.randn(2, 32, *feat)).shape == (2, *size)
+
+
+def test_head_stage_kernels():
+    head = SaliencyHead(32, (16, 8), (16, 8), kernels=(1, 3))
+    assert [m.kernel_size for m in head.stages if isinstance(m, torch.nn.Conv2d)] == [(1, 1), (3, 3)]
+    assert head(torch.randn(2, 32, 4, 2)).shape == (2, 16, 8)
+    for bad in [(1,), (1, 2), (3, 3, 3)]:
+        with pytest.raises(ValueError, match="HEAD_KERNELS"):
+            SaliencyHead(32, (16, 8), (16, 8), kernels=bad)
+
+
+def test_paper_head_is_lightweight():
+    """h_a at the paper's size (2048 x 16 x 8 last-stage map -> 64 x 32) costs under 5% of the
+    ResNet-50 extractor's forward FLOPs at 256 x 128 (3.5%); the former all-3x3 head cost 17%."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = load_cfg("projects/PAOA/configs/Base-PAOA.yml", "MODEL.BACKBONE.PRETRAIN", "False",
+                   "MODEL.HEADS.NUM_CLASSES", "4", "MODEL.DEVICE", "cpu")
+    model = build_model(cfg).eval()
+
+    def flops(module, x):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x)
+        return counter.get_total_flops()
+
+    backbone = flops(model.backbone, torch.randn(1, 3, 256, 128))
+    head = flops(model.aux_head, torch.randn(1, 2048, 16, 8))
+    assert model.backbone(torch.randn(1, 3, 256, 128)).shape[1:] == (2048, 16, 8)
+    assert head < 0.05 * backbone
+    all_3x3 = SaliencyHead(2048, (256, 64), (64, 32), kernels=(3, 3))
+    assert flops(all_3x3, torch.randn(1, 2048, 16, 8)) > 0.15 * backbone
 
 
 def test_l1_loss_against_numpy():
