@@ -4,8 +4,9 @@ PAOA's Table 5 / Fig. 5), as `SOLVER.GRAD_COMBINE.NAME` combiners of the engine'
 The step hands a combiner the two objectives' gradients over the shared extractor as lists of
 per-parameter tensors (a single tensor is accepted too, and treated as one flat vector), already
 accumulated over micro-batches and averaged across DDP processes, so every rank computes the same
-calibrated update. Inner products run tensor by tensor, so nothing is concatenated or copied. Calibration projects one gradient onto the normal plane of the other,
-only when they conflict (negative inner product):
+calibrated update. Inner products run tensor by tensor (small tensors together), so the
+model-sized gradients are never concatenated or copied. Calibration projects one gradient onto
+the normal plane of the other, only when they conflict (negative inner product):
 
     project(g, ref) = g - (g . ref) / ||ref||^2 * ref
 
