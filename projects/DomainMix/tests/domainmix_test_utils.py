@@ -78,11 +78,8 @@ def synthetic_overrides(config_file):
 
 def load_cfg(config_file, root, out_dir, *opts):
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(synthetic_overrides(config_file) +
-                        ["DATASETS.ROOT", root, "OUTPUT_DIR", str(out_dir), *opts])
-    return cfg
+    return get_dg_cfg(os.path.join(REPO, config_file),
+                      synthetic_overrides(config_file) + ["DATASETS.ROOT", root, "OUTPUT_DIR", str(out_dir), *opts])
 
 
 def build_trainer(config_file, root, out_dir, *opts):

@@ -39,10 +39,7 @@ def config_files(sub=""):
 
 def load_cfg(config_file, *opts):
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return get_dg_cfg(os.path.join(REPO, config_file), opts)
 
 
 @BACKBONE_REGISTRY.register()

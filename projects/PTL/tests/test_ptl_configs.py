@@ -34,13 +34,10 @@ def small(config, labels):
 
 
 def merged(config, root, out, labels):
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config))
-    cfg.merge_from_list(["DATASETS.ROOT", root, "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu",
-                         "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "16",
-                         "PTL.TARGET.IMS_PER_BATCH", "8", "MODEL.BACKBONE.PRETRAIN", "False",
-                         "MODEL.WEIGHTS", "", *small(config, labels)])
-    return cfg
+    return get_dg_cfg(os.path.join(REPO, config), [
+        "DATASETS.ROOT", root, "OUTPUT_DIR", out, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.IMS_PER_BATCH", "16", "PTL.TARGET.IMS_PER_BATCH", "8", "MODEL.BACKBONE.PRETRAIN", "False",
+        "MODEL.WEIGHTS", "", *small(config, labels)])
 
 
 def _first_of_each_kind():

@@ -48,10 +48,8 @@ EXPECTED_LOSSES = {"ds": {"loss_ds", "loss_ds_hybrid"}, "di": {"loss_di"}, "base
 def _cfg(config, root, *opts):
     from plugins.compat import fix_model_device
     from plugins.config import get_dg_cfg
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(os.path.join(REPO, config))
-    cfg.merge_from_list(["DATASETS.ROOT", root, *TINY, *tiny_overrides(config), *opts])
-    return fix_model_device(cfg)
+    return fix_model_device(get_dg_cfg(os.path.join(REPO, config),
+                                       ["DATASETS.ROOT", root, *TINY, *tiny_overrides(config), *opts]))
 
 
 def test_every_config_is_listed():

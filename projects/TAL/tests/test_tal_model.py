@@ -17,10 +17,8 @@ SYNTH = "projects/TAL/configs/Synthetic/tal.yml"
 
 
 def _model(*opts, seed=0):
-    cfg = get_dg_cfg()
-    cfg.merge_from_file(SYNTH)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.TAL.NUM_DOMAINS", "3", "INPUT.SIZE_TRAIN", "[32, 16]",
-                         "INPUT.SIZE_TEST", "[32, 16]", "MODEL.TAL.NECK_DIM", "16", *opts])
+    cfg = get_dg_cfg(SYNTH, ["MODEL.DEVICE", "cpu", "MODEL.TAL.NUM_DOMAINS", "3", "INPUT.SIZE_TRAIN", "[32, 16]",
+                             "INPUT.SIZE_TEST", "[32, 16]", "MODEL.TAL.NECK_DIM", "16", *opts])
     torch.manual_seed(seed)
     return build_model(cfg)
 
