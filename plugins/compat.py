@@ -360,7 +360,7 @@ def fix_cpu_page_faults():
     and unmaps it on free: each training step page-faults its activations and gradients in again.
     ResNet-50 at 256x128, batch 64, 2 cores: 3.9 M faults and ~8 s of kernel time per step. Freed
     blocks up to 2 GB now stay in the heap for reuse, as a caching allocator would keep them: the
-    kernel time goes (a step 15.9 s instead of 17.9-20.3 s) and the process keeps ~25% more memory
+    kernel time goes (a step 14.9-15.9 s instead of 17.9-20.7 s) and the process keeps ~25% more memory
     at its peak. Skipped unless glibc allocates and the user set no malloc tuning (LD_PRELOAD of
     an allocator, GLIBC_TUNABLES, MALLOC_*_, or DGREID_MALLOC=system to opt out)."""
     import ctypes
