@@ -2,18 +2,22 @@
 
 - step time of each project's BENCH_CONFIGS against configs/Synthetic/baseline.yml (same backbone,
   input and batch: checked), on the default synthetic benchmark, training mode, data loading
-  excluded (batches are drawn before the timer starts);
+  excluded (batches are drawn before the timer starts). Every trainer is built first and the
+  steps are timed in turn, one per config per round, so a slow spell of the machine hits all
+  alike; a ratio is the median over rounds of (step / baseline step of the same round), printed
+  with its range;
 - the chunked evaluator against the bare query x gallery product and against fastreid's evaluator
   at a size both can run;
 - each project's `bench_extra()` (e.g. clustering time, QAConv throughput).
 
-    python -m plugins.bench [--iters 10] [--only PAOA] [--skip-eval] [--json out.json]
+    python -m plugins.bench [--iters 10 (rounds)] [--only PAOA] [--skip-eval] [--json out.json]
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -61,28 +65,64 @@ class _Prefetched:
         return {k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()}
 
 
+class StepRunner:
+    """One trainer built from a config, its batches drawn up front: `run()` times one training step."""
+
+    def __init__(self, config_file, root, out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        self.cfg = cfg = load_cfg(config_file, root, out_dir)
+        self.trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+        self.step = step = self.trainer._trainer
+        step._data_loader_iter = _Prefetched([next(step._data_loader_iter) for _ in range(4)])
+        step._extra_iters = {k: _Prefetched([next(it) for _ in range(4)]) for k, it in step._extra_iters.items()}
+        self.storage = EventStorage(0)
+        self.i = 0
+        self.keys = {k: _get(cfg, k) for k in SAME}
+
+    def run(self):
+        trainer, step = self.trainer, self.step
+        trainer.iter = step.iter = self.storage.iter = self.i
+        trainer.storage = self.storage
+        with self.storage:
+            start = time.perf_counter()
+            step.run_step()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            if trainer.schedule is not None:
+                trainer.schedule.after_step()
+        self.i += 1
+        return seconds
+
+
+def round_robin(runs, rounds, warmup=2):
+    """{name: [seconds per round]}: one call of each `runs[name]()` per round, in turn, after
+    `warmup` untimed rounds, so that load on the machine hits every variant alike."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            times[k].append(run())
+    return times
+
+
+def ratios(times, ref="baseline"):
+    """Per-round ratios to `ref` (each timed next to it), summarised as median, min and max."""
+    out = {}
+    for k, v in times.items():
+        r = sorted(t / b for t, b in zip(v, times[ref]))
+        out[k] = {"median": statistics.median(r), "min": r[0], "max": r[-1]}
+    return out
+
+
 def step_time(config_file, root, iters=10, warmup=3):
     """Seconds per training step (median of `iters`) of the trainer named by the config."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_cfg(config_file, root, out)
-        trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
-        step = trainer._trainer
-        step._data_loader_iter = _Prefetched([next(step._data_loader_iter) for _ in range(4)])
-        step._extra_iters = {k: _Prefetched([next(it) for _ in range(4)]) for k, it in step._extra_iters.items()}
-        times = []
-        with EventStorage(0) as trainer.storage:
-            for i in range(warmup + iters):
-                trainer.iter = step.iter = i
-                trainer.storage.iter = i
-                start = time.perf_counter()
-                step.run_step()
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-                if trainer.schedule is not None:
-                    trainer.schedule.after_step()
-        times = sorted(times[warmup:])
-        return times[len(times) // 2], {k: _get(cfg, k) for k in SAME}
+        runner = StepRunner(config_file, root, out)
+        times = round_robin({"x": runner.run}, iters, warmup)["x"]
+        return statistics.median(times), runner.keys
 
 
 def ensure_benchmark(root, preset="default"):
@@ -93,7 +133,7 @@ def ensure_benchmark(root, preset="default"):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.getenv("FASTREID_DATASETS", "datasets"))
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=int, default=10, help="timed rounds")
     p.add_argument("--only", nargs="*", help="project names (e.g. PAOA TAL)")
     p.add_argument("--skip-eval", action="store_true", help="skip the evaluator benchmark")
     p.add_argument("--json", help="also write the results here")
@@ -101,24 +141,31 @@ def main(argv=None):
     ensure_benchmark(args.root)
     report = {"machine": machine(), "steps": {}, "evaluator": None, "extra": {}}
     print(f"machine: {report['machine']}\n")
-    base, base_keys = step_time(BASELINE, args.root, args.iters)
-    report["steps"]["baseline"] = {"seconds": base, "ratio": 1.0}
-    print(f"{'config':<44} {'s/step':>8} {'x baseline':>10}")
-    print(f"{'baseline (' + BASELINE + ')':<44} {base:8.3f} {1.0:10.2f}")
-    for mod in import_projects():
-        name = mod.__name__
-        if args.only and not any(o.lower() == name.lower() for o in args.only):
-            continue
-        for label, cfg_file in getattr(mod, "BENCH_CONFIGS", {}).items():
-            t, keys = step_time(cfg_file, args.root, args.iters)
-            note = "" if keys == base_keys else f"  (differs from baseline: {keys})"
-            report["steps"][label] = {"seconds": t, "ratio": t / base, "config": cfg_file}
-            print(f"{label:<44} {t:8.3f} {t / base:10.2f}{note}")
+    mods = [m for m in import_projects()
+            if not args.only or any(o.lower() == m.__name__.lower() for o in args.only)]
+    configs = {"baseline": BASELINE}
+    for mod in mods:
+        configs.update(getattr(mod, "BENCH_CONFIGS", {}))
+    with tempfile.TemporaryDirectory() as out:   # every trainer built first, then timed in turn
+        runners = {k: StepRunner(f, args.root, os.path.join(out, str(i))) for i, (k, f) in enumerate(configs.items())}
+        times = round_robin({k: r.run for k, r in runners.items()}, args.iters, warmup=3)
+        keys = {k: r.keys for k, r in runners.items()}
+        del runners
+    rat = ratios(times)
+    print(f"{'config':<44} {'s/step':>8} {'x baseline':>10}   per-round range ({args.iters} rounds, interleaved)")
+    for k, f in configs.items():
+        sec, r = statistics.median(times[k]), rat[k]
+        note = "" if keys[k] == keys["baseline"] else f"  (differs from baseline: {keys[k]})"
+        label = f"baseline ({BASELINE})" if k == "baseline" else k
+        report["steps"][k] = {"seconds": sec, "ratio": r["median"], "ratio_min": r["min"], "ratio_max": r["max"],
+                              "config": f}
+        print(f"{label:<44} {sec:8.3f} {r['median']:10.2f}   {r['min']:.2f}-{r['max']:.2f}{note}")
+    for mod in mods:
         if hasattr(mod, "bench_extra"):
             extra = mod.bench_extra()
-            report["extra"][name] = extra
+            report["extra"][mod.__name__] = extra
             for k, v in extra.items():
-                print(f"  {name}: {k} = {v}")
+                print(f"  {mod.__name__}: {k} = {v}")
     if not args.skip_eval:
         from plugins.evaluation.bench import _print, bench_evaluator
         res = bench_evaluator(2000, 20000, 2048, with_fastreid=True)

@@ -13,6 +13,26 @@ def test_step_time_runs_the_configured_trainer(synthetic_root):
     assert keys == {"INPUT.SIZE_TRAIN": [64, 32], "MODEL.BACKBONE.DEPTH": "18x", "SOLVER.IMS_PER_BATCH": 32}
 
 
+def test_round_robin_interleaves_and_ratios_pair_each_round():
+    calls = []
+    clock = {"baseline": iter([9, 9, 1.0, 2.0, 10.0]), "method": iter([9, 9, 2.0, 4.0, 20.0])}
+
+    def run(name):
+        def f():
+            calls.append(name)
+            return next(clock[name])
+        return f
+    times = bench.round_robin({"baseline": run("baseline"), "method": run("method")}, rounds=3, warmup=2)
+    assert calls == ["baseline", "method"] * 5            # in turn, warm-up rounds included
+    assert times == {"baseline": [1.0, 2.0, 10.0], "method": [2.0, 4.0, 20.0]}   # warm-up not kept
+    r = bench.ratios(times)
+    # a slow spell (round 3) moves both alike: every paired ratio is 2
+    assert r["method"] == {"median": 2.0, "min": 2.0, "max": 2.0}
+    assert r["baseline"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    r = bench.ratios({"baseline": [1.0, 1.0, 1.0], "method": [1.5, 1.8, 1.6]})
+    assert r["method"] == pytest.approx({"median": 1.6, "min": 1.5, "max": 1.8})
+
+
 def test_compare_table_and_plot(tmp_path):
     runs = {"baseline": [{"mAP": 40.0, "Rank-1": 50.0}, {"mAP": 42.0, "Rank-1": 52.0}],
             "better": [{"mAP": 45.0, "Rank-1": 55.0}, {"mAP": 47.0, "Rank-1": 57.0}],

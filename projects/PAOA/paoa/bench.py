@@ -1,13 +1,15 @@
-"""Benchmark hooks for `python -m plugins.bench`: the configs whose step time is compared with
-configs/Synthetic/baseline.yml, and the share of a step taken by the gradient calibration.
+"""PAOA's step-time benchmark (`make bench` calls `bench_extra`, the share of a step taken by the
+gradient calibration).
 
-    python -m plugins.run paoa.bench [--size paper|synthetic] [--steps 3]
+    python -m plugins.run paoa.bench [--size paper|synthetic] [--steps 3 (rounds)]
 
 times, in one run and on random batches, a step of the plain baseline (same backbone, input and
-batch, no auxiliary head), of PAOA without calibration (design a) and of PAOA (design d), and
-prints their ratios and the calibration's share of a PAOA step. `--size paper` is the paper's
+batch, no auxiliary head), of PAOA without calibration (design a) and of PAOA (design d) in turn,
+round after round, and prints their per-round ratios (median and range) and the calibration's
+share of a PAOA step. `--size paper` is the paper's
 setting (ResNet-50, 256x128, batch 64, 64x32 saliency map)."""
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -15,12 +17,6 @@ import time
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-BENCH_CONFIGS = {
-    "PAOA": "projects/PAOA/configs/Synthetic/paoa.yml",                        # design (d)
-    "PAOA-no-calibration": "projects/PAOA/configs/Synthetic/aux.yml",          # design (a)
-}
-
 
 def _cfg(config_file, opts=()):
     from plugins.config import get_dg_cfg
@@ -64,6 +60,12 @@ def _timed_step(step, it):
     step.run_step()
     _sync()
     return time.perf_counter() - start
+
+
+def _runner(step):
+    """A no-argument callable timing the step's next iteration."""
+    count = itertools.count()
+    return lambda: _timed_step(step, next(count))
 
 
 def calibration_seconds(step, repeats=20):
@@ -110,26 +112,24 @@ SIZES = {   # config + overrides; random initialisation (no download), 16 ids pe
 
 
 def step_ratios(size="synthetic", steps=3, opts=()):
-    """Median step seconds of each VARIANT, timed round-robin in one run (so that load on the
-    machine hits all alike), their ratios to the baseline and the calibration's share."""
+    """Step seconds of each VARIANT, timed round-robin in one run (plugins.bench.round_robin:
+    `steps` rounds), their per-round ratios to the baseline (median, min, max) and the
+    calibration's share of the median PAOA step."""
     from fastreid.utils.events import EventStorage
+    from plugins.bench import ratios, round_robin
     config_file, size_opts = SIZES[size]
     cfgs = {k: _cfg(config_file, [*size_opts, *v, *opts]) for k, v in VARIANTS.items()}
     runs = {k: _step(c, steps) for k, c in cfgs.items()}
-    times = {k: [] for k in runs}
     with EventStorage(0):
-        for it in range(WARMUP):
-            for step in runs.values():
-                _timed_step(step, it)
-        for it in range(WARMUP, WARMUP + steps):
-            for k, step in runs.items():
-                times[k].append(_timed_step(step, it))
+        times = round_robin({k: _runner(s) for k, s in runs.items()}, steps, WARMUP)
     med = {k: statistics.median(v) for k, v in times.items()}
+    rat = ratios(times)
     combine_s, n = calibration_seconds(runs["PAOA"])
     c = cfgs["PAOA"]
     return {"size": size, "device": c.MODEL.DEVICE, "backbone": c.MODEL.BACKBONE.DEPTH,
-            "input": list(c.INPUT.SIZE_TRAIN), "batch": c.SOLVER.IMS_PER_BATCH,
-            "step_s": med, "ratio_to_baseline": {k: v / med["baseline"] for k, v in med.items()},
+            "input": list(c.INPUT.SIZE_TRAIN), "batch": c.SOLVER.IMS_PER_BATCH, "rounds": steps,
+            "step_s": med, "ratio_to_baseline": {k: v["median"] for k, v in rat.items()},
+            "ratio_range": {k: (v["min"], v["max"]) for k, v in rat.items()},
             "calibration_s": combine_s, "calibration_share_%": 100 * combine_s / med["PAOA"],
             "shared_params": n}
 
@@ -137,7 +137,7 @@ def step_ratios(size="synthetic", steps=3, opts=()):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="synthetic")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="timed rounds")
     p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     from plugins.bench import machine
@@ -145,7 +145,9 @@ def main(argv=None):
     print(f"machine: {machine()}")
     print(f"{r['size']}: ResNet-{r['backbone']}, input {r['input']}, batch {r['batch']}, {r['device']}")
     for k, v in r["step_s"].items():
-        print(f"  {k:<22} {v:8.3f} s/step  {r['ratio_to_baseline'][k]:5.2f}x baseline")
+        lo, hi = r["ratio_range"][k]
+        print(f"  {k:<22} {v:8.3f} s/step  {r['ratio_to_baseline'][k]:5.2f}x baseline "
+              f"(per round {lo:.2f}-{hi:.2f}, {r['rounds']} rounds)")
     print(f"  calibration            {r['calibration_s']:8.4f} s       "
           f"{r['calibration_share_%']:5.2f}% of a PAOA step ({r['shared_params']:.0f} shared parameters)")
     return r

@@ -243,8 +243,10 @@ def test_step_ratios_time_the_three_variants_in_one_run():
     from paoa.bench import main
     r = main(["--steps", "1", "SOLVER.IMS_PER_BATCH", "8", "INPUT.SIZE_TRAIN", "[32,16]"])
     assert set(r["step_s"]) == {"baseline", "PAOA-no-calibration", "PAOA"}
-    assert r["ratio_to_baseline"]["baseline"] == 1.0
+    assert r["ratio_to_baseline"]["baseline"] == 1.0 and r["ratio_range"]["baseline"] == (1.0, 1.0)
     assert all(v > 0 for v in r["step_s"].values())
+    lo, hi = r["ratio_range"]["PAOA"]
+    assert lo <= r["ratio_to_baseline"]["PAOA"] <= hi
     assert r["calibration_share_%"] == pytest.approx(100 * r["calibration_s"] / r["step_s"]["PAOA"])
 
 

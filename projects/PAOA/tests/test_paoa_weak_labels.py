@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from paoa_test_utils import load_cfg
+from paoa_test_utils import REPO, load_cfg
 from paoa.saliency import centre_prior, estimate_saliency
 from paoa.weak_labels import MirrorTreeLabels, MissingWeakLabel, SyntheticMasks, build_weak_labels, main
 
@@ -103,3 +103,15 @@ def test_train_and_test_batches_carry_the_labels(synthetic_root):
     assert "saliency" not in next(iter(loader))             # plain PAOA: test images need no labels
     loader, _ = PAOATrainer.build_evaluator(load_cfg(SYNTH_PAOA, *opts, "TEST.ADAPT.NAME", "aux_loss"), "SynthDomain3")
     assert next(iter(loader))["saliency"].shape[1:] == (64, 32)
+
+
+def test_importing_paoa_leaves_its_commands_unimported():
+    """`python -m plugins.run paoa.<command>` runs the module through runpy, which warns (and runs
+    a second copy) when the package import has already imported it."""
+    import subprocess
+    import sys
+    code = ("import plugins, sys; from plugins.projects import import_projects; import_projects(); "
+            "import paoa; print(sorted(m for m in sys.modules if m in "
+            "('paoa.bench', 'paoa.weak_labels', 'paoa.pictures')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
