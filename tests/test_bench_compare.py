@@ -98,3 +98,19 @@ def test_compare_refuses_to_mix_budgets(tmp_path, monkeypatch):
     # the same budget resumes: nothing left to train for the baseline, the table is written
     compare.main(["--out", str(tmp_path), "--seeds", "0", "--epochs", "8", "--only", "none"])
     assert "| baseline | SynthDomain0-2 | 1 | 1.0 ± 0.0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_step_runner_moves_an_alternating_schedule_on(synthetic_root, tmp_path):
+    """DomainMix's bench config cycles discriminator and backbone steps: each timed step advances
+    the schedule as training would, so the rounds see the phases in their real proportion."""
+    from plugins.projects import import_projects
+    import_projects()
+    runner = bench.StepRunner("projects/DomainMix/configs/Synthetic/domainmix_bench.yml", synthetic_root,
+                              str(tmp_path / "out"))
+    schedule = runner.trainer.schedule
+    phases = []
+    for _ in range(11):
+        phases.append(schedule.current_phase().name)
+        assert runner.run() > 0
+    assert phases == ["backbone"] * 9 + ["disc", "backbone"]   # a cycle of 9 backbone steps, 1 discriminator step
+    assert (schedule.index, schedule.stage_iters, runner.i) == (2, 1, 11)
