@@ -75,14 +75,13 @@ class StepRunner:
         self.step = step = self.trainer._trainer
         step._data_loader_iter = _Prefetched([next(step._data_loader_iter) for _ in range(4)])
         step._extra_iters = {k: _Prefetched([next(it) for _ in range(4)]) for k, it in step._extra_iters.items()}
-        self.storage = EventStorage(0)
+        self.trainer.storage = self.storage = EventStorage(0)
         self.i = 0
         self.keys = {k: _get(cfg, k) for k in SAME}
 
     def run(self):
         trainer, step = self.trainer, self.step
         trainer.iter = step.iter = self.storage.iter = self.i
-        trainer.storage = self.storage
         with self.storage:
             start = time.perf_counter()
             step.run_step()
@@ -115,14 +114,6 @@ def ratios(times, ref="baseline"):
         r = sorted(t / b for t, b in zip(v, times[ref]))
         out[k] = {"median": statistics.median(r), "min": r[0], "max": r[-1]}
     return out
-
-
-def step_time(config_file, root, iters=10, warmup=3):
-    """Seconds per training step (median of `iters`) of the trainer named by the config."""
-    with tempfile.TemporaryDirectory() as out:
-        runner = StepRunner(config_file, root, out)
-        times = round_robin({"x": runner.run}, iters, warmup)["x"]
-        return statistics.median(times), runner.keys
 
 
 def ensure_benchmark(root, preset="default"):

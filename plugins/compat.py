@@ -362,7 +362,7 @@ def fix_cpu_page_faults():
     blocks up to 2 GB now stay in the heap for reuse, as a caching allocator would keep them: the
     kernel time goes (a step 14.9-15.9 s instead of 17.9-20.7 s) and the process keeps ~25% more memory
     at its peak. Skipped unless glibc allocates and the user set no malloc tuning (LD_PRELOAD of
-    an allocator, GLIBC_TUNABLES, MALLOC_*_, or DGREID_MALLOC=system to opt out)."""
+    an allocator, GLIBC_TUNABLES, MALLOC_*, or DGREID_MALLOC=system to opt out)."""
     import ctypes
     import os
     if not sys.platform.startswith("linux") or _user_tuned_malloc(os.environ):

@@ -7,10 +7,10 @@ import pytest
 from plugins import bench, compare
 
 
-def test_step_time_runs_the_configured_trainer(synthetic_root):
-    seconds, keys = bench.step_time(bench.BASELINE, synthetic_root, iters=1, warmup=1)
-    assert seconds > 0
-    assert keys == {"INPUT.SIZE_TRAIN": [64, 32], "MODEL.BACKBONE.DEPTH": "18x", "SOLVER.IMS_PER_BATCH": 32}
+def test_step_runner_runs_the_configured_trainer(synthetic_root, tmp_path):
+    runner = bench.StepRunner(bench.BASELINE, synthetic_root, str(tmp_path / "out"))
+    assert runner.run() > 0 and runner.run() > 0
+    assert runner.keys == {"INPUT.SIZE_TRAIN": [64, 32], "MODEL.BACKBONE.DEPTH": "18x", "SOLVER.IMS_PER_BATCH": 32}
 
 
 def test_round_robin_interleaves_and_ratios_pair_each_round():

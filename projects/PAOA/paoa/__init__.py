@@ -28,5 +28,5 @@ from .config import add_config, add_paoa_config
 from .modeling import AUX_LOSS, PAOA, SaliencyHead, saliency_l1
 from .trainer import PAOATrainer
 
-# paoa.weak_labels, paoa.pictures and paoa.bench are commands (python -m plugins.run paoa.<module>): they are
-# imported where used, so runpy finds them unimported.
+# paoa.weak_labels, paoa.pictures and paoa.bench are commands (python -m plugins.run
+# paoa.<module>): they are imported where used, so runpy finds them unimported.

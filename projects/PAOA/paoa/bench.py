@@ -53,19 +53,18 @@ def _step(cfg, steps):
                   {"main": build_optimizer(cfg, model)})
 
 
-def _timed_step(step, it):
-    step.iter = it
-    _sync()
-    start = time.perf_counter()
-    step.run_step()
-    _sync()
-    return time.perf_counter() - start
-
-
 def _runner(step):
-    """A no-argument callable timing the step's next iteration."""
+    """A no-argument callable timing the step's next iteration (seconds)."""
     count = itertools.count()
-    return lambda: _timed_step(step, next(count))
+
+    def run():
+        step.iter = next(count)
+        _sync()
+        start = time.perf_counter()
+        step.run_step()
+        _sync()
+        return time.perf_counter() - start
+    return run
 
 
 def calibration_seconds(step, repeats=20):
@@ -88,12 +87,11 @@ def bench_extra(config_file="projects/PAOA/configs/Synthetic/paoa.yml", steps=5,
     """Seconds per training step of PAOA and seconds of the calibration itself, with its share of
     a step (`opts`: KEY VALUE config overrides)."""
     from fastreid.utils.events import EventStorage
+    from plugins.bench import round_robin
     cfg = _cfg(config_file, opts)
     step = _step(cfg, steps)
     with EventStorage(0):
-        for it in range(WARMUP):
-            _timed_step(step, it)
-        step_s = statistics.median(_timed_step(step, it) for it in range(WARMUP, WARMUP + steps))
+        step_s = statistics.median(round_robin({"PAOA": _runner(step)}, steps, WARMUP)["PAOA"])
     combine_s, n = calibration_seconds(step, repeats)
     return {"paoa_step_s": step_s, "calibration_s": combine_s,
             "calibration_share_%": 100 * combine_s / step_s, "shared_params": n, "device": cfg.MODEL.DEVICE}
