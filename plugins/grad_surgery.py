@@ -20,9 +20,12 @@ the normal plane of the other, only when they conflict (negative inner product):
 Without conflict every design returns g_p + g_a. With two objectives each design is a linear
 combination a_p * g_p + a_a * g_a whose two scalars follow from three inner products (g_p . g_a,
 ||g_p||^2, ||g_a||^2), so a combiner costs three reductions, one host sync and one multi-tensor pass.
-Each combiner returns (combined, stats); stats are logged by the step: `grad_conflict` (1 when
-g_a . g_p < 0), `grad_conflict_share` (share of this process's steps in conflict so far) and
-`grad_cosine` (cosine of g_p and g_a).
+Each combiner returns (combined, stats); the step puts them in fastreid's event storage (so they
+reach metrics.json and TensorBoard): `grad_conflict` (1 when g_a . g_p < 0), `grad_conflict_share`
+(share of this process's steps in conflict so far), `grad_cosine` (cosine of g_p and g_a) and
+`grad_aux_ratio` = ||g_a|| / ||g_p||, both before calibration. The auxiliary loss term reaching the
+step already carries its weight (PAOA's `loss_saliency` is lambda * L_aux), so this is
+|lambda g_a| / |g_p|: how much room Eq. 6 has to change the update at all.
 """
 import torch
 
@@ -87,9 +90,10 @@ class GradCalibration:
         self.steps += 1
         self.conflicts += conflict
         cosine = dot / (pp * aa) ** 0.5 if pp > 0 and aa > 0 else 0.0
+        ratio = (aa / pp) ** 0.5 if pp > 0 else float("inf") if aa > 0 else 0.0
         return combined[0] if single else combined, {
             "grad_conflict": float(conflict), "grad_cosine": cosine,
-            "grad_conflict_share": self.conflicts / self.steps}
+            "grad_conflict_share": self.conflicts / self.steps, "grad_aux_ratio": ratio}
 
 
 @register_as(GRAD_COMBINERS, "calibrate_primary")

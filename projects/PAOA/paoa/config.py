@@ -11,6 +11,8 @@ def add_paoa_config(cfg):
         return cfg
     cfg.MODEL.PAOA = CN()
     cfg.MODEL.PAOA.AUX_WEIGHT = 0.1             # lambda of Eq. 5 (0 = no auxiliary objective)
+    # Eq. 4 over a map's pixels: sum (as the paper writes it) | mean (= sum / (h * w)); both averaged over images
+    cfg.MODEL.PAOA.AUX_REDUCTION = "sum"
     cfg.MODEL.PAOA.SALIENCY_SIZE = [64, 32]     # (h, w) of the predicted saliency map
     cfg.MODEL.PAOA.HEAD_CHANNELS = [256, 64]    # widths of the auxiliary head's conv cascade
     cfg.MODEL.PAOA.HEAD_KERNELS = [1, 3]        # kernel size of each stage (1: a cheap reduction first)

@@ -52,19 +52,33 @@ def saliency_target(label, size):
     return F.adaptive_avg_pool2d(y, size)[:, 0]
 
 
-def saliency_l1(pred_logits, label):
-    """Eq. 4, averaged over pixels and images (the paper's sum up to a constant folded into lambda)."""
+REDUCTIONS = ("sum", "mean")
+
+
+def saliency_l1(pred_logits, label, reduction="sum"):
+    """Eq. 4 averaged over the batch (Eq. 5's and Eq. 7's 1/N): a scalar.
+
+    pred_logits: B x h x w logits of h_a; label: B x H x W weak labels (0..255), area-averaged to
+    h x w. reduction "sum" adds |y - y_hat| over the h * w pixels of each map, as Eq. 4 reads;
+    "mean" averages over them, i.e. "sum" / (h * w) (the gradient shrinks by the same factor).
+    Raises ValueError for any other reduction, naming MODEL.PAOA.AUX_REDUCTION."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"MODEL.PAOA.AUX_REDUCTION must be one of {REDUCTIONS}, got {reduction!r}")
     pred = torch.sigmoid(pred_logits)
-    return F.l1_loss(pred, saliency_target(label, pred.shape[-2:]).to(pred.dtype))
+    err = (pred - saliency_target(label, pred.shape[-2:]).to(pred.dtype)).abs()
+    return err.mean() if reduction == "mean" else err.flatten(1).sum(1).mean()
 
 
 @META_ARCH_REGISTRY.register()
 class PAOA(Baseline):
     @configurable
-    def __init__(self, *, aux_head, aux_weight, **kwargs):
+    def __init__(self, *, aux_head, aux_weight, aux_reduction="sum", **kwargs):
         super().__init__(**kwargs)
+        if aux_reduction not in REDUCTIONS:
+            raise ValueError(f"MODEL.PAOA.AUX_REDUCTION must be one of {REDUCTIONS}, got {aux_reduction!r}")
         self.aux_head = aux_head
         self.aux_weight = aux_weight
+        self.aux_reduction = aux_reduction
 
     @classmethod
     def from_config(cls, cfg):
@@ -73,6 +87,7 @@ class PAOA(Baseline):
         args["aux_head"] = SaliencyHead(cfg.MODEL.BACKBONE.FEAT_DIM, p.HEAD_CHANNELS, p.SALIENCY_SIZE,
                                         cfg.MODEL.BACKBONE.NORM, p.HEAD_KERNELS)
         args["aux_weight"] = p.AUX_WEIGHT
+        args["aux_reduction"] = p.AUX_REDUCTION
         return args
 
     def forward(self, batched_inputs):
@@ -87,7 +102,8 @@ class PAOA(Baseline):
             if LABEL_KEY not in batched_inputs:
                 raise KeyError(f"PAOA needs weak labels in the batch ('{LABEL_KEY}'): build the train "
                                "set with paoa.weak_labels.build_weak_labels (PAOATrainer does)")
-            losses[AUX_LOSS] = self.aux_weight * saliency_l1(self.aux_head(features), batched_inputs[LABEL_KEY])
+            losses[AUX_LOSS] = self.aux_weight * saliency_l1(self.aux_head(features), batched_inputs[LABEL_KEY],
+                                                                  self.aux_reduction)
         return losses
 
     def predict_saliency(self, batched_inputs):
@@ -101,4 +117,4 @@ class PAOA(Baseline):
         if LABEL_KEY not in batch:
             raise KeyError(f"test-time adaptation needs weak labels in the test batch ('{LABEL_KEY}')")
         features = self.backbone(self.preprocess_image(batch))
-        return saliency_l1(self.aux_head(features), batch[LABEL_KEY])
+        return saliency_l1(self.aux_head(features), batch[LABEL_KEY], self.aux_reduction)

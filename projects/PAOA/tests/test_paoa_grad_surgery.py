@@ -47,6 +47,7 @@ def test_eq6_on_hand_made_vectors():
     assert out.tolist() == [2.0, 1.0]
     assert stats["grad_conflict"] == 1.0
     assert stats["grad_cosine"] == pytest.approx(-2 / (2 * 2 ** 0.5))
+    assert stats["grad_aux_ratio"] == pytest.approx(2 ** 0.5 / 2)   # |g_a| / |g_p| before calibration
     # design (b): g_p^c = g_p - (-2 / 2) g_a = (1, 1); (c): (1, 1) + (0, 1)
     assert combine("calibrate_primary", g_p, g_a)[0].tolist() == [0.0, 2.0]
     assert combine("mutual", g_p, g_a)[0].tolist() == [1.0, 2.0]
@@ -65,6 +66,7 @@ def test_designs_match_reference_and_leave_agreeing_gradients_alone(name):
         conflicts += conflict
         assert stats["grad_conflict"] == float(conflict)
         assert stats["grad_cosine"] == pytest.approx(g_p @ g_a / np.linalg.norm(g_p) / np.linalg.norm(g_a), abs=1e-5)
+        assert stats["grad_aux_ratio"] == pytest.approx(np.linalg.norm(g_a) / np.linalg.norm(g_p), rel=1e-5)
         if not conflict:   # unchanged: the plain sum, bit for bit
             assert np.array_equal(out, (torch.tensor(g_p, dtype=torch.float32) + torch.tensor(g_a, dtype=torch.float32)).numpy())
     assert 50 < conflicts < 150
@@ -208,6 +210,8 @@ def test_each_design_in_the_step_on_a_toy_problem(name):
     assert 0 < conflicts < len(batches)   # both branches were exercised
     if name != "sum":
         assert storage.history("grad_conflict_share").latest() == pytest.approx(conflicts / len(batches))
+        ratio = np.linalg.norm(flat["loss_saliency"]) / np.linalg.norm(flat["loss_prim"])   # last batch
+        assert storage.history("grad_aux_ratio").latest() == pytest.approx(ratio, rel=1e-5)
 
 
 def test_accumulated_micro_batches_match_the_joint_batch():

@@ -56,12 +56,21 @@ def test_l1_loss_against_numpy():
     pred = 1 / (1 + np.exp(-logits))
     target = label.reshape(2, 2, 2, 3, 2).mean(axis=(2, 4)) / 255.0   # 2x2 area average
     assert np.allclose(saliency_target(torch.tensor(label), (2, 3)).numpy(), target)
-    got = saliency_l1(torch.tensor(logits, dtype=torch.float32), torch.tensor(label))
+    got = saliency_l1(torch.tensor(logits, dtype=torch.float32), torch.tensor(label), "mean")
     assert float(got) == pytest.approx(np.abs(pred - target).mean(), rel=1e-5)
+    # Eq. 4 as written: the sum over each map's 2 x 3 pixels, averaged over the 2 images (Eq. 5's 1/N)
+    got = saliency_l1(torch.tensor(logits, dtype=torch.float32), torch.tensor(label), "sum")
+    assert float(got) == pytest.approx(np.abs(pred - target).sum() / 2, rel=1e-5)
+    assert float(saliency_l1(torch.tensor(logits, dtype=torch.float32), torch.tensor(label))) == float(got)
+    with pytest.raises(ValueError, match=r"MODEL.PAOA.AUX_REDUCTION must be one of \('sum', 'mean'\), got 'max'"):
+        saliency_l1(torch.tensor(logits), torch.tensor(label), "max")
+    with pytest.raises(ValueError, match="MODEL.PAOA.AUX_REDUCTION"):
+        tiny_model(tiny_cfg(AUX_REDUCTION="none"))
 
 
-def test_training_losses_are_eq5():
-    cfg = tiny_cfg(AUX_WEIGHT=0.3)
+@pytest.mark.parametrize("reduction, scale", [("sum", 16 * 8), ("mean", 1)])
+def test_training_losses_are_eq5(reduction, scale):
+    cfg = tiny_cfg(AUX_WEIGHT=0.3, AUX_REDUCTION=reduction)
     model = tiny_model(cfg).train()
     batch = tiny_batch()
     with EventStorage(0):
@@ -78,7 +87,7 @@ def test_training_losses_are_eq5():
     with torch.no_grad():
         pred = torch.sigmoid(model.aux_head(model.backbone(images)))
     l1 = (pred - saliency_target(batch["saliency"], (16, 8))).abs().mean()
-    assert float(losses["loss_saliency"].detach()) == pytest.approx(0.3 * float(l1), rel=1e-5)
+    assert float(losses["loss_saliency"].detach()) == pytest.approx(0.3 * scale * float(l1), rel=1e-5)
 
 
 def test_auxiliary_loss_reaches_the_shared_extractor_only_through_its_head():
@@ -97,3 +106,16 @@ def test_without_auxiliary_objective_or_labels():
         del batch["saliency"]
         with pytest.raises(KeyError, match="weak labels"):
             tiny_model().train()(batch)
+
+
+def test_sum_reduction_scales_the_auxiliary_gradient_by_the_map_size():
+    """|lambda g_a| with Eq. 4's sum is h * w = 16 * 8 times the mean's, on the same weights and batch."""
+    grads = {}
+    for reduction in ("sum", "mean"):
+        model = tiny_model(tiny_cfg(AUX_REDUCTION=reduction)).train()
+        with EventStorage(0):
+            loss = model(tiny_batch())["loss_saliency"]
+        g = torch.autograd.grad(loss, list(model.backbone.parameters()))
+        grads[reduction] = torch.cat([x.reshape(-1) for x in g]).double()
+    assert torch.allclose(grads["sum"], 128 * grads["mean"], rtol=1e-4, atol=1e-9)
+    assert float(grads["sum"].norm() / grads["mean"].norm()) == pytest.approx(128, rel=1e-5)
