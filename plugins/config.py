@@ -31,7 +31,7 @@ def add_dg_config(cfg):
     # Test-time adaptation around evaluation, on a copy of the model (hook point c).
     cfg.TEST.ADAPT = CN()
     cfg.TEST.ADAPT.NAME = ""                    # a name in plugins.engine.TEST_ADAPTERS; "" = off
-    cfg.TEST.ADAPT.RESET = "batch"              # restore trained weights per "batch" or per "dataset"
+    cfg.TEST.ADAPT.RESET = "batch"              # restore trained weights per "batch" | "never" (cumulative)
     cfg.TEST.RESULTS_JSON = "dg_results.json"   # written in OUTPUT_DIR
 
     from plugins.evaluation.config import add_evaluation_config

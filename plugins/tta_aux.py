@@ -4,8 +4,8 @@ For each test batch (TEST.IMS_PER_BATCH images; 200 in PAOA), before that batch'
 extracted, TEST.ADAPT.STEPS Adam steps at TEST.ADAPT.LR minimise the model's auxiliary loss on the
 unlabelled batch, updating only the parameters whose names start with TEST.ADAPT.PARAMS (the shared
 extractor). The engine (plugins.engine.tta) runs this on a copy of the model and restores the trained
-weights before every batch (TEST.ADAPT.RESET: batch) or once per test set (dataset), so the stored
-weights never change.
+weights before every batch (TEST.ADAPT.RESET: batch) or never within a test set (never: cumulative,
+one Adam across the test set's batches in loader order), so the stored weights never change.
 
 The model contract is one method:
 
@@ -65,7 +65,8 @@ class AuxLossAdapter(TestTimeAdapter):
         return params
 
     def optimizer(self, model, params):
-        """A fresh Adam per batch (RESET batch); one Adam for the whole test set (RESET dataset)."""
+        """A fresh Adam per batch (RESET batch); one Adam for the whole test set (RESET never): its
+        moments and step count carry from batch to batch. `model` is the engine's per-test-set copy."""
         if self.reset == "batch" or self._model is not model:
             self._model, self._opt = model, torch.optim.Adam(params, lr=self.lr)
         return self._opt

@@ -1,24 +1,43 @@
 """Test-time adaptation around evaluation (hook point c).
 
-`TestTimeAdapter.evaluate` replaces fastreid's `inference_on_dataset` for one test set: it works on
-a deep copy of the model, so the trained weights are never modified; for each test batch it first
-calls `adapt(model_copy, batch)` (e.g. a few optimizer steps on a self-supervised loss), then
-extracts that batch's features. The copy is reset to the trained weights before each batch
-(TEST.ADAPT.RESET = "batch") or only once per test set ("dataset": adaptation accumulates online).
+`TestTimeAdapter.evaluate` replaces fastreid's `inference_on_dataset` for one test set (one target,
+or one split of a multi-split target): it works on a deep copy of the model, so the trained weights
+are never modified; for each test batch it first calls `adapt(model_copy, batch)` (e.g. a few
+optimizer steps on a self-supervised loss), then extracts that batch's features with the adapted
+copy. TEST.ADAPT.RESET chooses what carries from one batch to the next:
+
+- "batch": the copy is restored to the trained weights before every batch (an adapter's optimizer
+  starts afresh too), so each batch's features depend on that batch only;
+- "never" (cumulative; "dataset" is accepted as its older name): the copy is never reset within the
+  test set, so adaptation (and an adapter's optimizer state) accumulates over the batches in loader
+  order. Each test set / split still starts from the trained weights.
+
+Batch order, which the cumulative protocol depends on: fastreid's test loader (InferenceSampler, no
+shuffling) yields the query images, then the gallery images, each in the order the dataset lists
+them, in batches of TEST.IMS_PER_BATCH. With several processes each one adapts its own copy on its
+own contiguous shard, so "never" then depends on the number of processes (a warning says so).
 """
 import copy
+import logging
 
 import torch
 from fastreid.evaluation.evaluator import inference_context
+from fastreid.utils import comm
+
+logger = logging.getLogger(__name__)
+
+RESETS = {"batch": "batch", "never": "never", "dataset": "never"}
 
 
 class TestTimeAdapter:
     __test__ = False  # not a pytest class
+
     def __init__(self, cfg):
         self.cfg = cfg
-        self.reset = cfg.TEST.ADAPT.RESET
-        if self.reset not in ("batch", "dataset"):
-            raise ValueError(f"TEST.ADAPT.RESET must be 'batch' or 'dataset', got {self.reset!r}")
+        if cfg.TEST.ADAPT.RESET not in RESETS:
+            raise ValueError(f"TEST.ADAPT.RESET must be 'batch' or 'never' (cumulative; 'dataset' is "
+                             f"its older name), got {cfg.TEST.ADAPT.RESET!r}")
+        self.reset = RESETS[cfg.TEST.ADAPT.RESET]
 
     def adapt(self, model, batch):
         """Update `model` (a copy, in train mode) on one unlabelled test batch."""
@@ -28,6 +47,9 @@ class TestTimeAdapter:
         source = model.module if hasattr(model, "module") else model
         trained = copy.deepcopy(source.state_dict())
         work = copy.deepcopy(source)
+        if self.reset == "never" and comm.get_world_size() > 1:
+            logger.warning(f"TEST.ADAPT.RESET never with {comm.get_world_size()} processes: each adapts "
+                           "on its own shard of the test set, so the features depend on the process count")
         evaluator.reset()
         for batch in data_loader:
             if self.reset == "batch":

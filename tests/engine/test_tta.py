@@ -27,7 +27,7 @@ class ShiftBias(TestTimeAdapter):
             model.backbone.bias += 1.0
 
 
-@pytest.mark.parametrize("reset, expected_shift", [("batch", [1, 1, 1]), ("dataset", [1, 2, 3])])
+@pytest.mark.parametrize("reset, expected_shift", [("batch", [1, 1, 1]), ("never", [1, 2, 3]), ("dataset", [1, 2, 3])])
 def test_adaptation_uses_a_copy_and_resets(reset, expected_shift):
     cfg = toy_cfg()
     cfg.TEST.ADAPT.RESET = reset
@@ -47,6 +47,6 @@ def test_adaptation_uses_a_copy_and_resets(reset, expected_shift):
 
 def test_bad_reset_mode_is_rejected():
     cfg = toy_cfg()
-    cfg.TEST.ADAPT.RESET = "never"
-    with pytest.raises(ValueError, match="RESET"):
+    cfg.TEST.ADAPT.RESET = "epoch"
+    with pytest.raises(ValueError, match="TEST.ADAPT.RESET must be 'batch' or 'never' .*got 'epoch'"):
         ShiftBias(cfg)

@@ -53,6 +53,9 @@ def test_paper_hyperparameters(config_file):
     assert cfg.DATALOADER.NUM_INSTANCE == 4 and cfg.SOLVER.OPT == "Adam" and cfg.SOLVER.BASE_LR == 3.5e-4
     assert cfg.SOLVER.MAX_EPOCH == 200 and cfg.TEST.IMS_PER_BATCH == 200 and cfg.TEST.ADAPT.LR == 1e-6
     assert cfg.MODEL.PAOA.AUX_WEIGHT == 0.1 and list(cfg.MODEL.PAOA.SALIENCY_SIZE) == [64, 32]
+    assert cfg.MODEL.PAOA.AUX_REDUCTION == "sum"            # Eq. 4 sums over the map's pixels
+    assert cfg.MODEL.LOSSES.CE.EPSILON == 0.0               # Eq. 1: plain cross-entropy
+    assert cfg.TEST.ADAPT.RESET == "never" and cfg.TEST.ADAPT.BN == "eval"   # cumulative PAOA+
     assert cfg.MODEL.META_ARCHITECTURE == ("Baseline" if stem(config_file) == "baseline" else "PAOA")
     assert cfg.SOLVER.GRAD_COMBINE.NAME == DESIGN.get(stem(config_file), "calibrate_aux")
     adapts = "plus" in stem(config_file) or "dto" in stem(config_file)
