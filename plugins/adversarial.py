@@ -12,6 +12,9 @@
 - CaNE (Eq. 6): negative entropy with class k's term weighted by the training-set prior p_k.
 - KL-freq: what ADIN's public code does instead of Eq. 6: KL(c || u) weighted per sample by the
   frequency of that sample's nuisance class.
+`divide_by_k=True` divides any of them by the number K of nuisance classes (the logits' width):
+with KL-freq this is the value of ADIN's reference default loss (`focalEntropy`), which equals the
+frequency-weighted KL divided by K; False (default) keeps the equations' scale.
 The entropy-type functions live in plugins.losses.entropy.
 """
 from typing import Callable, NamedTuple, Optional
@@ -67,9 +70,17 @@ class AdversarialLoss(NamedTuple):
 ADVERSARIAL_LOSSES = ("RG", "NE", "CaNE", "KL-freq")
 
 
-def build_adversarial_loss(name, prior: Optional[torch.Tensor] = None) -> AdversarialLoss:
+def build_adversarial_loss(name, prior: Optional[torch.Tensor] = None, divide_by_k=False) -> AdversarialLoss:
     """`prior` [K] (nuisance class frequencies on the training set) is needed by CaNE and KL-freq;
-    pass a tensor that is updated in place (e.g. a module buffer) to change it later."""
+    pass a tensor that is updated in place (e.g. a module buffer) to change it later.
+    `divide_by_k`: the loss divided by K = logits.shape[1] (the number of nuisance classes)."""
+    loss = _build(name, prior)
+    if not divide_by_k:
+        return loss
+    return loss._replace(fn=lambda z, y, fn=loss.fn: fn(z, y) / z.shape[1])
+
+
+def _build(name, prior):
     if name in ("CaNE", "KL-freq") and prior is None:
         raise ValueError(f"adversarial loss '{name}' needs the nuisance class prior")
     if name == "RG":

@@ -16,6 +16,7 @@ def add_adin_config(cfg):
     m.NUM_NUISANCE_CLASSES = []              # classes per head; [] = measured on the training set
     m.ADV_LOSS = "CaNE"                      # L_adv: "none" (baseline) | "RG" | "NE" | "CaNE" | "KL-freq"
     m.BETA = 1.0                             # beta of Eq. 3, weight of L_adv
+    m.ADV_DIVIDE_BY_K = False                # L_adv / K, K nuisance classes (KL-freq / K = the reference's focalEntropy)
     m.DUAL_BRANCH = CN()                     # the dual-branch extractor (build_dual_branch_backbone)
     m.DUAL_BRANCH.NUM_PARTS = 2              # horizontal stripes of the part branch
     m.DUAL_BRANCH.GLOBAL_DIM = 1024          # global-branch embedding width

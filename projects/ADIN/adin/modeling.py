@@ -55,7 +55,7 @@ def loss_terms(cfg):
 class ADIN(Baseline):
     @configurable
     def __init__(self, *, backbone, pool, feat_dim, num_classes, hidden_dim, loss_kwargs, nuisance_classes,
-                 adv_loss, beta, pixel_mean, pixel_std):
+                 adv_loss, beta, pixel_mean, pixel_std, adv_divide_by_k=False):
         super().__init__(backbone=backbone, heads=None, pixel_mean=pixel_mean, pixel_std=pixel_std,
                          loss_kwargs=loss_kwargs)
         del self.heads
@@ -69,6 +69,7 @@ class ADIN(Baseline):
             self.register_buffer(f"prior_{h}", torch.full((k,), 1.0 / max(k, 1)))
         self.register_buffer("pair_table", torch.full((1, 1), -1, dtype=torch.long))
         self.adv_loss = adv_loss
+        self.adv_divide_by_k = bool(adv_divide_by_k)
         self.beta = beta
         self.phase = None
 
@@ -88,7 +89,7 @@ class ADIN(Baseline):
         return dict(kwargs, backbone=backbone, pool=getattr(pooling, cfg.MODEL.HEADS.POOL_LAYER)(),
                     feat_dim=cfg.MODEL.BACKBONE.FEAT_DIM, num_classes=cfg.MODEL.HEADS.NUM_CLASSES,
                     hidden_dim=a.HIDDEN_DIM, nuisance_classes=dict(zip(heads, counts)) if counts else {},
-                    adv_loss=a.ADV_LOSS, beta=a.BETA)
+                    adv_loss=a.ADV_LOSS, beta=a.BETA, adv_divide_by_k=a.ADV_DIVIDE_BY_K)
 
     def set_nuisance_stats(self, stats):
         """Copy the training set's priors p_k and (camera, period) pair table into the buffers."""
@@ -131,7 +132,7 @@ class ADIN(Baseline):
     def nuisance_losses(self, feat, batched_inputs):
         out = {}
         for h, head in self.nuisance.items():
-            adv = build_adversarial_loss(self.adv_loss, getattr(self, f"prior_{h}"))   # the current buffer
+            adv = build_adversarial_loss(self.adv_loss, getattr(self, f"prior_{h}"), self.adv_divide_by_k)
             labels = batch_labels(h, batched_inputs, self.pair_table)
             logits = head(grad_reverse(feat) if adv.reverse else feat)
             known = labels >= 0

@@ -74,7 +74,10 @@ class ADINTrainer(DGTrainer):
             self.val_loader, _ = build_reid_test_loader(val_set, cfg.TEST.IMS_PER_BATCH, 0,
                                                      num_workers=cfg.DATALOADER.NUM_WORKERS)
             if comm.is_main_process():
-                logger.info(f"ADIN: {len(val_items)} training images held out to monitor the identity error")
+                total = len(items) + len(val_items)
+                logger.info(f"ADIN: {len(val_items)} of {total} training images ({100 * len(val_items) / total:.1f}%) "
+                            "held out from training to monitor the identity error (ADIN.VAL.NUM_IMAGES: one "
+                            "image each of that many identities with >= 2 images)")
         return build_dg_train_loader(cfg, train_set=train_set)
 
     def auto_scale_hyperparams(self, cfg, num_classes):

@@ -20,6 +20,10 @@ def test_nuisance_prior_is_measured_on_the_training_images(synthetic_root, tmp_p
     trainer = build_trainer(CANE, tmp_path, synthetic_root, "ADIN.VAL.NUM_IMAGES", "5")
     held_out = {it[0] for it in trainer.val_loader.dataset.img_items}
     assert len(held_out) == 5
+    total = sum(len(glob.glob(os.path.join(synthetic_root, "synthreid", f"domain{d}", "bounding_box_train", "*.png")))
+                for d in range(3))
+    assert len(trainer.data_loader.dataset.img_items) == total - 5   # held-out images are not trained on
+    assert f"ADIN: 5 of {total} training images ({100 * 5 / total:.1f}%) held out from training" in open(tmp_path / "log.txt").read()
     # independently: camera and period from the file names of the sources' training folders
     cams, times = collections.Counter(), collections.Counter()
     for d in range(3):

@@ -98,3 +98,25 @@ def test_center_loss_value_and_gradients():
         module.centers.copy_(centers)
     assert float(module(feats, labels)) == pytest.approx(0.25 * 21 / 3)
     assert F.mse_loss(module.centers, centers).item() == 0.0
+
+
+def test_one_over_k_scale_is_the_references_focal_entropy_value():
+    """ADIN's reference default (focalEntropy) = the frequency-weighted KL / K: with K = 6 classes the
+    scaled value is exactly 1/6 of the unscaled one, and both equal the hand computation."""
+    k = 6
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 1.0, -0.5],
+                           [0.0, 0.0, 3.0, -2.0, 0.5, 0.5],
+                           [1.0, -1.0, 0.0, 0.0, 2.5, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 2, 4])
+    prior = torch.tensor([0.3, 0.1, 0.25, 0.05, 0.2, 0.1], dtype=torch.float64)
+    rows = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits.tolist()]
+    kl = [sum(c * math.log(c * k) for c in row) for row in rows]
+    hand = sum(float(prior[y]) * d for y, d in zip(labels.tolist(), kl)) / 3
+    full = float(build_adversarial_loss("KL-freq", prior)(logits, labels))
+    scaled = float(build_adversarial_loss("KL-freq", prior, divide_by_k=True)(logits, labels))
+    assert full == pytest.approx(hand, rel=1e-12)
+    assert scaled == pytest.approx(hand / k, rel=1e-12)
+    assert full / scaled == pytest.approx(k, rel=1e-12)
+    # the scale applies to every loss the same way (here CaNE)
+    assert float(build_adversarial_loss("CaNE", prior, divide_by_k=True)(logits)) == pytest.approx(
+        float(calibrated_negative_entropy(logits, prior)) / k, rel=1e-12)

@@ -130,3 +130,15 @@ def test_dual_branch_extractor():
     assert torch.allclose(out, torch.cat([g] + stripes, 1), atol=1e-5)
     with pytest.raises(ValueError, match="FEAT_DIM"):
         _model(DUAL, "MODEL.BACKBONE.FEAT_DIM", "1024")
+
+
+def test_adv_divide_by_k_divides_each_heads_loss_by_its_class_count():
+    losses = {}
+    for scale in ("False", "True"):
+        _, model, _ = _model(CANE, "MODEL.ADIN.ADV_LOSS", "KL-freq", "MODEL.ADIN.ADV_DIVIDE_BY_K", scale)
+        model.train()
+        with EventStorage(0):
+            losses[scale] = {k: float(v.detach()) for k, v in model(_batch()).items()}
+    for h in ("camera", "time"):   # 3 classes each
+        assert losses["False"][f"loss_adv_{h}"] == pytest.approx(3 * losses["True"][f"loss_adv_{h}"], rel=1e-6)
+        assert losses["False"][f"loss_nuisance_{h}"] == losses["True"][f"loss_nuisance_{h}"]
