@@ -100,6 +100,73 @@ def fix_numpy2_copy_false():
         _mark("numpy2_copy_false")
 
 
+class _NumpyOwnRandom(types.ModuleType):
+    """numpy proxy whose `.random` is the running sampler's own RandomState (set per step in a
+    context variable, so per thread too), and numpy's global one outside a sampler's step."""
+
+    def __init__(self, np, current):
+        super().__init__("numpy")
+        self._np, self._current = np, current
+
+    def __getattr__(self, item):
+        if item == "random":
+            rng = self._current.get()
+            return self._np.random if rng is None else rng
+        return getattr(self._np, item)
+
+
+def _draws_from_global_numpy(cls):
+    import inspect
+    try:
+        return "np.random.seed(self._seed)" in inspect.getsource(cls._infinite_indices)
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
+def fix_sampler_shared_random_state():
+    """fastreid's samplers (TrainingSampler, NaiveIdentitySampler, BalancedIdentitySampler,
+    SetReWeightSampler) seed numpy's *global* random state once and then draw from it for ever, so
+    two loaders (PTL's source and target) share one stream: from the second epoch on each one's
+    order depends on how their draws interleave (threads of DataLoaderX, ranks, other numpy users).
+    Each sampler instance gets its own RandomState instead, seeded by the sampler's own
+    `np.random.seed(self._seed)` call: the first epoch is the one fastreid draws with a fresh seed,
+    and no sampler touches (or sees) numpy's global state."""
+    import contextvars
+    import numpy as np
+    from fastreid.data.samplers import data_sampler, triplet_sampler
+    current = contextvars.ContextVar("fastreid_sampler_rng", default=None)
+    for module in (data_sampler, triplet_sampler):
+        classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+                   and not getattr(getattr(c, "_infinite_indices", None), "_own_rng_shim", False)
+                   and _draws_from_global_numpy(c)]
+        if not classes:
+            continue
+        if module.np is np:
+            module.np = _NumpyOwnRandom(np, current)
+        if not isinstance(module.np, _NumpyOwnRandom):   # someone else's proxy: leave the module alone
+            continue
+        for cls in classes:
+            cls._infinite_indices = _with_own_rng(cls._infinite_indices, module.np._current)
+            _mark("sampler_own_random_state")
+
+
+def _with_own_rng(infinite_indices, current):
+    def own_rng_indices(self):
+        import numpy as np
+        rng = np.random.RandomState()   # the sampler seeds it on its first step
+        indices = infinite_indices(self)
+        while True:
+            token = current.set(rng)
+            try:
+                index = next(indices)
+            finally:
+                current.reset(token)
+            yield index
+
+    own_rng_indices._own_rng_shim = True
+    return own_rng_indices
+
+
 def _cuda():
     import torch
     return torch.cuda.is_available()
@@ -381,7 +448,7 @@ IMPORT_FIXES = (fix_openblas_coretype, fix_openmp_wait_policy, fix_cpu_page_faul
                 fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
                  fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu,
-                 fix_metric_printer_repeat_write)
+                 fix_metric_printer_repeat_write, fix_sampler_shared_random_state)
 
 
 def apply():

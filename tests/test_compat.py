@@ -290,3 +290,53 @@ def test_metric_printer_survives_a_repeated_write():
     rc, out = run_py(code)
     assert rc == 0, out
     assert "needed True" in out and "after False" in out and "metric_printer_repeat_write" in out, out
+
+
+SAMPLER_ORDERS = """
+    import itertools
+    import numpy as np
+    from fastreid.data import samplers
+
+    def target_order(interleave):
+        items = [(f"{i}.jpg", i // 2, 0, {}) for i in range(12)]   # 6 ids x 2 images
+        target = iter(samplers.TrainingSampler(7, seed=3))
+        source = iter(samplers.NaiveIdentitySampler(items, 4, 2, seed=5))
+        out = []
+        for k in range(21):                                   # three epochs of the target set
+            out.append(int(next(target)))
+            if interleave:
+                list(itertools.islice(source, k % 3 + 1))     # the other loader draws in between
+                np.random.rand(k % 2)                         # and so does anyone else
+        return out
+
+    expected = [int(i) for rs in [np.random.RandomState(3)] for _ in range(3) for i in rs.permutation(7)]
+"""
+
+
+def test_each_sampler_draws_from_its_own_random_state():
+    """fastreid's samplers seed numpy's global state and draw from it: a second loader's draws change
+    the target order from the second epoch on. With the shim the order is the seed's own stream
+    (three epochs = three permutations of one RandomState(seed)) whatever happens in between, and
+    numpy's global state is never touched."""
+    rc, out = run_py(f"""
+        for fix in compat.IMPORT_FIXES:
+            fix()
+        {textwrap.indent(textwrap.dedent(SAMPLER_ORDERS), '        ').strip()}
+        print("unpatched", target_order(False) == expected, target_order(True) == expected)
+        compat.fix_sampler_shared_random_state()
+        print("patched", target_order(False) == expected, target_order(True) == expected)
+        np.random.seed(0)
+        before = np.random.get_state()[1].copy()
+        list(itertools.islice(iter(samplers.TrainingSampler(7, seed=1)), 30))
+        list(itertools.islice(iter(samplers.NaiveIdentitySampler([("a", i // 2, 0) for i in range(8)], 4, 2, seed=2)), 30))
+        print("global untouched", bool((np.random.get_state()[1] == before).all()), compat.APPLIED)
+    """)
+    assert rc == 0, out
+    assert "unpatched True False" in out          # the problem: interleaving changes the order
+    assert "patched True True" in out
+    assert "global untouched True" in out and "sampler_own_random_state" in out
+    # applied once by `import plugins`: a second call patches nothing again
+    from fastreid.data.samplers import data_sampler
+    shimmed = data_sampler.TrainingSampler._infinite_indices
+    compat.fix_sampler_shared_random_state()
+    assert data_sampler.TrainingSampler._infinite_indices is shimmed

@@ -2,7 +2,7 @@
 
 - parsing_loss (Eq. 4): per-pixel negative log-likelihood of the part label, averaged over the
   batch and every location of the prediction map. Labels are brought to the prediction's size by
-  nearest-neighbour sampling (the parsing head predicts at twice the feature-map resolution).
+  sampling each output cell's centre (the parsing head predicts at twice the feature-map resolution).
 - attribute_loss (Eq. 5): soft-label cross-entropy -sum_l A_ijl log h_ijl, averaged over images and
   attributes. With soft=False the targets are the argmax of each distribution (one-hot, Table 4),
   which is the ordinary cross-entropy.
@@ -12,10 +12,13 @@ import torch.nn.functional as F
 
 
 def resize_labels(labels, size):
-    """[B, H, W] integer map -> [B, h, w] by nearest-neighbour sampling."""
+    """[B, H, W] integer map -> [B, h, w]: output cell (i, j) takes the input pixel under its centre,
+    row floor((i + 0.5) * H / h), column floor((j + 0.5) * W / w) (torch's "nearest-exact").
+    torch's "nearest" takes floor(i * H / h) instead, the top-left pixel of each cell: with 8x8 cells
+    a shift of 3.5 px (0.44 of a cell) up and left."""
     if tuple(labels.shape[-2:]) == tuple(size):
         return labels.long()
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
 
 
 def parsing_loss(logits, labels):

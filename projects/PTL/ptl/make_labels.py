@@ -9,7 +9,7 @@ Model contract (TorchScript files, `torch.jit.save`; ONNX files only with onnxru
           the model does its own mean/std normalisation.
   parsing output: [B, K, h, w] class scores (K = --num-classes, background = class 0), upsampled
           bilinearly to the image's own size and arg-maxed; or [B, h, w] class indices (resized
-          nearest-neighbour).
+          nearest-neighbour, each output pixel taking the input cell under its centre).
   attribute output: [B, sum_j M_j] concatenated per-attribute logits in --attribute-spec order, or
           a tuple/list of [B, M_j] logits; a softmax per attribute gives the soft labels
           (--probabilities: the outputs already are distributions).
@@ -82,7 +82,7 @@ def load_batch(paths, size):
 
 def parsing_maps(out, sizes, num_classes, paths):
     if out.dim() == 3:   # class indices
-        return [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest")[0, 0].long().numpy()
+        return [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long().numpy()
                 for o, (w, h) in zip(out, sizes)]
     if out.dim() != 4 or out.shape[1] != num_classes:
         raise LabelError(f"parsing model output {tuple(out.shape)} for images {paths[0]}...: expected "

@@ -8,7 +8,7 @@ from plugins.projects import import_projects
 
 import_projects()   # projects/<Name> on sys.path: the `ptl` package
 from ptl.heads import AttributeHeads, ParsingHead  # noqa: E402
-from ptl.losses import attribute_loss, one_hot_attributes, parsing_loss  # noqa: E402
+from ptl.losses import attribute_loss, one_hot_attributes, parsing_loss, resize_labels  # noqa: E402
 
 
 def _log_softmax(v):
@@ -27,11 +27,28 @@ def test_parsing_loss_is_mean_pixel_nll_eq4():
         for m in range(h):
             for n in range(w):
                 q = _log_softmax(logits[i, :, m, n].tolist())
-                total += -q[int(labels[i, 2 * m, 2 * n])]                # nearest label of (m, n)
+                total += -q[int(labels[i, 2 * m + 1, 2 * n + 1])]        # pixel under the centre of (m, n)
     expected = total / (B * h * w)
     assert parsing_loss(logits, labels).item() == pytest.approx(expected, rel=1e-12)
-    same = labels[:, ::2, ::2]                                           # already at prediction size
+    same = labels[:, 1::2, 1::2]                                         # already at prediction size
     assert parsing_loss(logits, same).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_labels_are_sampled_at_each_cell_centre():
+    """A 16x8 map whose value is its row index, brought to 2x1: cells of 8x8 pixels, centres on rows
+    4 and 12 (floor((i + 0.5) * 8)) and column 4; "nearest" would give rows 0 and 8."""
+    rows = torch.arange(16).view(1, 16, 1).expand(1, 16, 8)
+    assert resize_labels(rows, (2, 1)).tolist() == [[[4], [12]]]
+    cols = torch.arange(8).view(1, 1, 8).expand(1, 16, 8)
+    assert resize_labels(cols, (2, 1)).tolist() == [[[4], [4]]]
+    # a part boundary on each cell's first row (class 1) inside class 3: the cell is class 3
+    parts = torch.full((1, 16, 8), 3)
+    parts[:, ::8] = 1
+    assert resize_labels(parts, (2, 1)).tolist() == [[[3], [3]]]
+    # a 256x128 map to the 32x16 of an 8x8 grid: every output equals the pixel at (8i + 4, 8j + 4)
+    g = torch.Generator().manual_seed(0)
+    big = torch.randint(0, 8, (2, 256, 128), generator=g)
+    assert torch.equal(resize_labels(big, (32, 16)), big[:, 4::8, 4::8])
 
 
 def test_attribute_loss_soft_labels_eq5():
