@@ -13,6 +13,7 @@ def add_domainmix_config(cfg):
     m.LAMBDA_S1 = 10.0                   # lambda^{s1}: weight of L_id in Eq. 4 (stages 1-2)
     m.LAMBDA_S2 = 10.0                   # lambda^{s2}: weight of L_id in Eq. 11 (stage 3)
     m.LAMBDA_M = 1.0                     # lambda^m: weight of L_dm in Eq. 11
+    m.DISC_TEMPERATURE = 1.0             # Eq. 5 on logits / T: 1 = the paper; 2 = the reference code's logsoftmax(z / 2)
 
     d = cfg.DOMAINMIX = CN()
     d.UNLABELLED = ()                    # real-world sources without labels (domain ids follow DATASETS.NAMES)

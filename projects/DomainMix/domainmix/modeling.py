@@ -3,6 +3,7 @@
 Phases (set by the trainer's schedule on `model.phase`):
   "reid"     stages 1-2, Eq. 4: lambda_s1 * L_id + L_tri
   "disc"     stage 3, Eq. 5: cross-entropy of C_d on the domain labels, backbone run without grad
+             (of logits / MODEL.DOMAINMIX.DISC_TEMPERATURE: 1 is Eq. 5, 2 the reference code)
   "backbone" stage 3, Eq. 11: lambda_m * L_dm + lambda_s2 * L_id + L_tri (C_d's parameters are
              in another optimizer, so they stay fixed while the gradient flows through them)
 """
@@ -51,6 +52,13 @@ class DomainMixHead(EmbeddingHead):
                 "features": feat, "neck_features": neck_feat, "pool_features": pool_feat[..., 0, 0]}
 
 
+def discriminator_loss(logits, domains, temperature=1.0):
+    """Eq. 5: mean over the batch of -log softmax(logits / T)[domain]; logits [B, n], domains [B].
+    T = 1 is the paper's cross-entropy; the reference code's label-smoothing CE with epsilon 0 computes
+    logsoftmax(logits / 2), i.e. T = 2 (a softer target for C_d, and half the gradient scale)."""
+    return F.cross_entropy(logits / temperature if temperature != 1.0 else logits, domains)
+
+
 def log_domain_accuracy(logits, domains):
     """C_d's accuracy on the batch (1/n when the features are domain-confused), as `domain_acc`."""
     try:
@@ -69,8 +77,11 @@ def num_domains(cfg):
 class DomainMix(Baseline):
     @configurable
     def __init__(self, *, disc=None, disc_feat="after", dm_loss="db", lambda_s1=10.0, lambda_s2=10.0,
-                 lambda_m=1.0, **kwargs):
+                 lambda_m=1.0, disc_temperature=1.0, **kwargs):
         super().__init__(**kwargs)
+        if not disc_temperature > 0:
+            raise ValueError(f"MODEL.DOMAINMIX.DISC_TEMPERATURE must be > 0, got {disc_temperature}")
+        self.disc_temperature = float(disc_temperature)
         self.disc = disc
         self.disc_feat = disc_feat
         self.dm_loss = DM_LOSSES[dm_loss]
@@ -90,7 +101,7 @@ class DomainMix(Baseline):
         in_dim = cfg.MODEL.HEADS.EMBEDDING_DIM or cfg.MODEL.BACKBONE.FEAT_DIM
         ret.update(disc=DomainDiscriminator(in_dim, n, tuple(m.DISC_HIDDEN)) if n > 1 else None,
                    disc_feat=m.DISC_FEAT, dm_loss=m.DM_LOSS, lambda_s1=m.LAMBDA_S1,
-                   lambda_s2=m.LAMBDA_S2, lambda_m=m.LAMBDA_M)
+                   lambda_s2=m.LAMBDA_S2, lambda_m=m.LAMBDA_M, disc_temperature=m.DISC_TEMPERATURE)
         return ret
 
     def _disc_input(self, outputs):
@@ -107,7 +118,7 @@ class DomainMix(Baseline):
             domains = batched_inputs["domains"].to(images.device)
             logits = self.disc(self._disc_input(outputs).detach())
             log_domain_accuracy(logits, domains)
-            return {"loss_domain": F.cross_entropy(logits, domains)}
+            return {"loss_domain": discriminator_loss(logits, domains, self.disc_temperature)}
         outputs = self.heads(self.backbone(images), targets)
         if self.num_active_classes:
             for k in ("cls_outputs", "pred_class_logits"):

@@ -67,3 +67,20 @@ def test_discriminator_is_the_papers_mlp():
     assert kinds == ["Linear", "BatchNorm1d", "LeakyReLU"] * 3 + ["Linear"]
     assert d(torch.randn(8, 2048)).shape == (8, 3)
     assert DomainDiscriminator(512, 2)(torch.randn(4, 512)).shape == (4, 2)   # small backbone
+
+
+def test_discriminator_loss_temperature():
+    """Eq. 5 (T = 1) and the reference code's logsoftmax(logits / 2) (T = 2) against a hand computation."""
+    from domainmix.modeling import discriminator_loss
+    logits = torch.tensor([[3.0, -1.0, 0.5], [0.0, 2.0, -2.0], [1.0, 1.0, 4.0]], dtype=torch.float64)
+    domains = torch.tensor([1, 1, 0])
+
+    def hand(t):
+        rows = [[v / t for v in row] for row in logits.tolist()]
+        return sum(math.log(sum(math.exp(v) for v in r)) - r[d] for r, d in zip(rows, domains.tolist())) / 3
+
+    assert hand(1) == pytest.approx(2.4445, abs=1e-4) and hand(2) == pytest.approx(1.5428, abs=1e-4)
+    assert float(discriminator_loss(logits, domains)) == pytest.approx(hand(1), rel=1e-12)
+    assert float(discriminator_loss(logits, domains, 2.0)) == pytest.approx(hand(2), rel=1e-12)
+    assert float(discriminator_loss(logits, domains, 2.0)) == pytest.approx(
+        float(F.cross_entropy(logits / 2, domains)), rel=1e-12)

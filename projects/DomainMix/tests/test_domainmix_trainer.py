@@ -111,6 +111,13 @@ def test_losses_of_each_phase(trainer):
     assert float(backbone["loss_dm"]) == pytest.approx(2 * float(domain_balance(logits)), rel=1e-4)
     ce = torch.nn.functional.cross_entropy(logits, batch["domains"])
     assert float(disc["loss_domain"]) == pytest.approx(float(ce), rel=1e-4)
+    assert model.disc_temperature == trainer.cfg.MODEL.DOMAINMIX.DISC_TEMPERATURE == 1.0   # Eq. 5 by default
+    model.disc_temperature = 2.0                   # the reference code's logsoftmax(logits / 2)
+    with EventStorage(0):
+        disc2 = run("disc")
+    ce2 = torch.nn.functional.cross_entropy(logits / 2, batch["domains"])
+    assert float(disc2["loss_domain"]) == pytest.approx(float(ce2), rel=1e-4)
+    model.disc_temperature = 1.0
     model.train()
 
 
