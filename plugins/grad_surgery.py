@@ -25,9 +25,14 @@ reach metrics.json and TensorBoard): `grad_conflict` (1 when g_a . g_p < 0), `gr
 (share of this process's steps in conflict so far), `grad_cosine` (cosine of g_p and g_a) and
 `grad_aux_ratio` = ||g_a|| / ||g_p||, both before calibration. The auxiliary loss term reaching the
 step already carries its weight (PAOA's `loss_saliency` is lambda * L_aux), so this is
-|lambda g_a| / |g_p|: how much room Eq. 6 has to change the update at all.
+|lambda g_a| / |g_p|: how much room Eq. 6 has to change the update at all. The main process also
+writes them to the log on the first step and every LOG_PERIOD steps (the console line of fastreid's
+metric printer shows only the losses).
 """
+import logging
+
 import torch
+from fastreid.utils import comm
 
 from plugins.registry import GRAD_COMBINERS, register_as
 
@@ -41,6 +46,8 @@ def project(g, ref):
 
 
 SMALL = 1 << 16   # tensors below this many elements are reduced together (BN affine, biases)
+LOG_PERIOD = 200  # steps between two log lines of the calibration statistics
+logger = logging.getLogger(__name__)
 
 
 def inner_products(g_p, g_a):
@@ -91,6 +98,9 @@ class GradCalibration:
         self.conflicts += conflict
         cosine = dot / (pp * aa) ** 0.5 if pp > 0 and aa > 0 else 0.0
         ratio = (aa / pp) ** 0.5 if pp > 0 else float("inf") if aa > 0 else 0.0
+        if (self.steps == 1 or self.steps % LOG_PERIOD == 0) and comm.is_main_process():
+            logger.info(f"gradient calibration {type(self).__name__}, step {self.steps}: |g_aux| / |g_prim| = "
+                        f"{ratio:.4g}, cosine {cosine:.4f}, conflict share {self.conflicts / self.steps:.3f}")
         return combined[0] if single else combined, {
             "grad_conflict": float(conflict), "grad_cosine": cosine,
             "grad_conflict_share": self.conflicts / self.steps, "grad_aux_ratio": ratio}

@@ -265,3 +265,17 @@ def test_bench_baseline_variant_is_the_plain_model():
     paper = _cfg(*SIZES["paper"])
     assert (paper.MODEL.BACKBONE.DEPTH, list(paper.INPUT.SIZE_TRAIN), paper.SOLVER.IMS_PER_BATCH) == ("50x", [256, 128], 64)
     assert list(paper.MODEL.PAOA.SALIENCY_SIZE) == [64, 32]
+
+
+def test_calibration_statistics_reach_the_log(caplog, monkeypatch):
+    import plugins.grad_surgery as gs
+    monkeypatch.setattr(gs, "LOG_PERIOD", 2)
+    combiner = CalibrateAux()
+    g_p, g_a = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])   # |g_a|/|g_p| = 0.7071, cosine -0.7071
+    with caplog.at_level("INFO", logger="plugins.grad_surgery"):
+        for grads in [(g_p, g_a), (g_p, -g_a), (g_p, g_a)]:   # conflict, none, conflict
+            combiner({"primary": grads[0], "aux": grads[1]})
+    lines = [r.getMessage() for r in caplog.records if r.name == "plugins.grad_surgery"]
+    assert lines == [   # steps 1 and 2 (the period), not 3
+        "gradient calibration CalibrateAux, step 1: |g_aux| / |g_prim| = 0.7071, cosine -0.7071, conflict share 1.000",
+        "gradient calibration CalibrateAux, step 2: |g_aux| / |g_prim| = 0.7071, cosine 0.7071, conflict share 0.500"]
