@@ -47,6 +47,13 @@ class ADINTrainer(DGTrainer):
         if self.nuisance_stats is not None:
             unwrap(self.model).set_nuisance_stats(self.nuisance_stats)
 
+    @classmethod
+    def checkpoint_optional_keys(cls, cfg):
+        """f_I and f_N (with the nuisance priors and pair table) are sized by the training set and
+        only train; the test path uses f_E (`backbone.`, `pool.`) alone, and a model built for
+        evaluation has no f_I / f_N."""
+        return ("identity", "center_loss", "nuisance", "prior_*", "pair_table")
+
     @property
     def adversarial(self):
         return self.cfg.MODEL.ADIN.ADV_LOSS != "none"
