@@ -69,6 +69,8 @@ class ADINTrainer(DGTrainer):
             if not val_items:
                 raise ValueError("ADIN.SWITCH 'threshold' needs a validation subset: no identity has 2 images")
         train_set = DGCommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+        train_set.source = (f"training set DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)}"
+                            + (f" less {len(val_items)} validation images" if val_items else ""))
         self.nuisance_stats = None
         if adversarial:
             self.nuisance_stats = measure(head_names(cfg), [train_set.cam_dict[it[2]] for it in items],
