@@ -5,7 +5,8 @@ constructor with factories a project overrides (all classmethods unless noted):
   build_model, build_optimizers (several optimizers, per-prefix LR multipliers),
   build_train_loader, build_extra_loaders (e.g. target-domain batches),
   build_schedule (alternating phases, instance method), build_extra_hooks (offline stages such as
-  clustering, instance method), and `test` (several targets, 10-split protocols, test-time adaptation).
+  clustering, instance method), `checkpoint_optional_keys` (training-only parts a loaded checkpoint
+  may lack, plugins/checkpoint.py), and `test` (several targets, 10-split protocols, test-time adaptation).
 Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks)
 goes into the checkpoint, so `--resume` continues from the last saved epoch in the same state.
 """
