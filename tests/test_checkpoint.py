@@ -165,3 +165,15 @@ def test_commands_taking_a_model_use_the_strict_loader(synthetic_root, tmp_path)
     from tal.bench import shortlist_tradeoff
     with pytest.raises(CheckpointMismatchError, match=r"^MODEL.WEIGHTS .*r34.pth does not match the model"):
         shortlist_tradeoff(os.path.join(REPO, "projects/TAL/configs/Synthetic/tal.yml"), path, synthetic_root, [0])
+
+
+def test_tta_starting_weights_without_the_auxiliary_head_are_an_error(synthetic_root, tmp_path):
+    """PAOA+ adapts on the saliency head at test time: a baseline checkpoint (no `aux_head`) is an
+    error naming the head's keys, not an adaptation with a random head."""
+    path = str(tmp_path / "baseline.pth")
+    torch.save(baseline_model().state_dict(), path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        run_train_net("projects/PAOA/configs/Synthetic/paoa_plus.yml", tmp_path / "o", synthetic_root,
+                      "MODEL.WEIGHTS", path, flags=["--eval-only"])
+    assert str(err.value).startswith(f"MODEL.WEIGHTS {path} does not match the model: ")
+    assert "14 missing keys (in the model, not in the checkpoint): aux_head." in str(err.value)
