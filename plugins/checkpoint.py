@@ -177,7 +177,7 @@ class StrictCheckpointer(Checkpointer):
         return super().resume_or_load(path, resume=resume)
 
     def load(self, path, checkpointables=None):
-        if path and not os.path.isfile(path):
+        if path and "://" not in path and not os.path.isfile(path):   # URLs: fastreid's PathManager
             raise FileNotFoundError(f"{self._what}: checkpoint file {path!r} not found")
         self._path = path
         return super().load(path, checkpointables)

@@ -177,3 +177,14 @@ def test_tta_starting_weights_without_the_auxiliary_head_are_an_error(synthetic_
                       "MODEL.WEIGHTS", path, flags=["--eval-only"])
     assert str(err.value).startswith(f"MODEL.WEIGHTS {path} does not match the model: ")
     assert "14 missing keys (in the model, not in the checkpoint): aux_head." in str(err.value)
+
+
+def test_corrupt_or_non_tensor_files_name_the_path(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"^MODEL.WEIGHTS .*junk.pth: cannot be read by "
+                                              r"torch.load\(weights_only=True\): "):
+        load_weights(Toy(), str(tmp_path / "junk.pth"))
+    import numpy as np
+    torch.save({"model": {"body.weight": np.zeros(3)}}, tmp_path / "np.pth")   # a pickled numpy array
+    with pytest.raises(CheckpointError, match=r"np.pth: cannot be read by torch.load\(weights_only=True\)"):
+        load_weights(Toy(), str(tmp_path / "np.pth"))
