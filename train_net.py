@@ -13,10 +13,10 @@ import plugins  # noqa: F401  (applies the fastreid compatibility shims first)
 import datasets_ext  # noqa: F401  (registers the datasets)
 from fastreid.engine import default_argument_parser, default_setup, launch
 from fastreid.utils import comm
-from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.logger import setup_logger
 from fastreid.utils.env import seed_all_rng
 
+from plugins.checkpoint import load_model_weights
 from plugins.compat import fix_model_device
 from plugins.config import get_dg_cfg
 from plugins.engine import TRAINER_REGISTRY
@@ -55,7 +55,7 @@ def main(args):
         cfg.MODEL.BACKBONE.PRETRAIN = False
         cfg.freeze()
         model = trainer_cls.build_model(cfg)
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_model_weights(cfg, model, trainer_cls=trainer_cls)
         return trainer_cls.test(cfg, model)
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -9,6 +9,10 @@ def add_dg_config(cfg):
     cfg.TRAINER = CN()
     cfg.TRAINER.NAME = "DGTrainer"   # a name in plugins.engine.TRAINER_REGISTRY
     cfg.SEED = -1                    # >= 0: deterministic run (seed + rank); < 0: random
+    # Loading MODEL.WEIGHTS and every other *.WEIGHTS key (plugins/checkpoint.py): False = a
+    # checkpoint whose keys or shapes differ from the model's is an error listing them; True =
+    # load the matching keys only, with a warning.
+    cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
 
     cfg.DATASETS.ROOT = ""           # "" -> $FASTREID_DATASETS, else "datasets"
     # How the batch's "domains" label is derived: "dataset" (position in DATASETS.NAMES) or

@@ -25,6 +25,8 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from torch.utils.data.sampler import Sampler
 
+from plugins.data.batching import check_identity_batches
+
 __all__ = ["GraphSampler", "GraphSamplerHook", "graph_batches"]
 
 logger = logging.getLogger(__name__)
@@ -45,15 +47,16 @@ class GraphSampler(Sampler):
     """Infinite index stream of graph-sampled batches (see the module docstring).
 
     data_source: items (path, pid, ...); mini_batch_size: per-process batch (as fastreid passes
-    it); num_instances: images per identity in a batch.
+    it); num_instances: images per identity in a batch; source: how errors name the set.
+    Raises `plugins.data.batching.BatchSizeError` when the set has fewer identities than a batch
+    needs or the batch is not a multiple of `num_instances` (no plan could yield a batch).
     """
 
-    def __init__(self, data_source, mini_batch_size, num_instances, seed=None):
+    def __init__(self, data_source, mini_batch_size, num_instances, seed=None, source="training set"):
         self._rank, self._world = comm.get_rank(), comm.get_world_size()
         self.batch_size = mini_batch_size * self._world
-        if self.batch_size % num_instances:
-            raise ValueError(f"batch size {self.batch_size} is not a multiple of "
-                             f"{num_instances} instances per identity")
+        check_identity_batches(data_source, self.batch_size, num_instances, f"{source} (graph sampler)",
+                               world_size=self._world)
         self.num_instances = num_instances
         self.ids_per_batch = self.batch_size // num_instances
         index = OrderedDict()

@@ -7,6 +7,7 @@ from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 
+from .batching import IDENTITY_SAMPLERS, check_identity_batches, check_nonempty
 from .common import DGCommDataset
 
 
@@ -41,18 +42,35 @@ def load_train_items(cfg, names=None, combineall=None):
     return items
 
 
-def build_dg_train_set(cfg, names=None, items=None, label_sources=None, is_train=True):
-    items = load_train_items(cfg, names) if items is None else items
-    return DGCommDataset(items, build_transforms(cfg, is_train=is_train), relabel=True,
-                         label_sources=label_sources)
+def build_dg_train_set(cfg, names=None, items=None, label_sources=None, is_train=True, source=None):
+    """DGCommDataset over `items` (default: the training items of `names`, default DATASETS.NAMES).
+    `source` names the set in errors (default: the dataset names); kept as `train_set.source`."""
+    if items is None:
+        source = source or f"training set DATASETS.NAMES {tuple(cfg.DATASETS.NAMES if names is None else names)}"
+        items = load_train_items(cfg, names)
+    train_set = DGCommDataset(items, build_transforms(cfg, is_train=is_train), relabel=True,
+                              label_sources=label_sources)
+    train_set.source = source or "training set"
+    return train_set
 
 
 def build_dg_train_loader(cfg, train_set=None, sampler=None, batch_size=None, **set_kwargs):
     """fastreid's train loader (its samplers, its collator) over a DGCommDataset.
-    With `batch_size` and no sampler, batches are drawn uniformly at random (no identity sampler)."""
+    With `batch_size` and no sampler, batches are drawn uniformly at random (no identity sampler).
+
+    Raises `plugins.data.batching.BatchSizeError` (naming `train_set.source`, the identities and
+    images found) when the set cannot fill the sampler's batches: fewer identities than a P x K batch
+    of DATALOADER.SAMPLER_TRAIN needs, or no images; a passed `sampler` checks itself."""
     train_set = build_dg_train_set(cfg, **set_kwargs) if train_set is None else train_set
+    source = getattr(train_set, "source", None) or "training set"
     if batch_size is None:
+        if sampler is None and cfg.DATALOADER.SAMPLER_TRAIN in IDENTITY_SAMPLERS:
+            check_identity_batches(train_set.img_items, cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE,
+                                   source)
+        else:
+            check_nonempty(train_set.img_items, source)
         return build_reid_train_loader(cfg, train_set=train_set, sampler=sampler)
+    check_nonempty(train_set.img_items, source)
     sampler = sampler or samplers.TrainingSampler(len(train_set))
     return build_reid_train_loader(train_set=train_set, sampler=sampler, total_batch_size=batch_size,
                                    num_workers=cfg.DATALOADER.NUM_WORKERS)

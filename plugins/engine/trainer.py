@@ -5,7 +5,8 @@ constructor with factories a project overrides (all classmethods unless noted):
   build_model, build_optimizers (several optimizers, per-prefix LR multipliers),
   build_train_loader, build_extra_loaders (e.g. target-domain batches),
   build_schedule (alternating phases, instance method), build_extra_hooks (offline stages such as
-  clustering, instance method), and `test` (several targets, 10-split protocols, test-time adaptation).
+  clustering, instance method), `checkpoint_optional_keys` (training-only parts a loaded checkpoint
+  may lack, plugins/checkpoint.py), and `test` (several targets, 10-split protocols, test-time adaptation).
 Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks)
 goes into the checkpoint, so `--resume` continues from the last saved epoch in the same state.
 """
@@ -19,10 +20,11 @@ from fastreid.engine.train_loop import TrainerBase
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_lr_scheduler
 from fastreid.utils import comm
-from fastreid.utils.checkpoint import Checkpointer
 from fastreid.utils.events import CommonMetricPrinter, JSONWriter
 
 from datasets_ext.bases import expand_test_names
+from plugins.checkpoint import StrictCheckpointer
+from plugins.data.batching import epoch_length
 from plugins.data.build import build_dg_test_loader, build_dg_train_loader
 from plugins.registry import TEST_ADAPTERS, TRAINER_REGISTRY
 
@@ -48,7 +50,9 @@ class DGTrainer(DefaultTrainer):
             ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
-        self.iters_per_epoch = cfg.SOLVER.ITERS_PER_EPOCH or len(data_loader.dataset) // cfg.SOLVER.IMS_PER_BATCH
+        self.iters_per_epoch = epoch_length(len(data_loader.dataset), cfg.SOLVER.IMS_PER_BATCH,
+                                            cfg.SOLVER.ITERS_PER_EPOCH,
+                                            getattr(data_loader.dataset, "source", None) or "training set")
         self.schedule = self.build_schedule(cfg)
         self._trainer = DGStep(cfg, model, data_loader, optimizers,
                                self.build_extra_loaders(cfg), self.schedule)
@@ -56,8 +60,10 @@ class DGTrainer(DefaultTrainer):
                            for k, opt in optimizers.items()}
         self.scheduler = self.schedulers["main"]
         self.extra_hooks = self.build_extra_hooks(cfg)
-        self.checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
-                                         **self._checkpointables())
+        self.checkpointer = StrictCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+                                               optional=self.checkpoint_optional_keys(cfg),
+                                               allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL,
+                                               **self._checkpointables())
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
@@ -71,6 +77,14 @@ class DGTrainer(DefaultTrainer):
         model = build_model(cfg)
         logger.info("Model:\n{}".format(model))
         return model
+
+    @classmethod
+    def checkpoint_optional_keys(cls, cfg):
+        """State-dict key prefixes that a loaded checkpoint (MODEL.WEIGHTS, --eval-only, *.WEIGHTS)
+        may lack or hold in another shape: parts sized by the training set that the test path
+        never uses. Default: fastreid's identity classifier `heads.weight` (one row per training
+        id). Everything else must match (plugins/checkpoint.py)."""
+        return ("heads.weight",)
 
     @classmethod
     def build_optimizers(cls, cfg, model):

@@ -84,9 +84,9 @@ def _default_cfg():
 
 def _fastreid_model(cfg, weights):
     from fastreid.modeling import build_model
-    from fastreid.utils.checkpoint import Checkpointer
+    from plugins.checkpoint import load_model_weights
     model = build_model(cfg)
-    Checkpointer(model).load(weights or cfg.MODEL.WEIGHTS)
+    load_model_weights(cfg, model, weights or cfg.MODEL.WEIGHTS, what="--weights" if weights else "MODEL.WEIGHTS")
     return model
 
 

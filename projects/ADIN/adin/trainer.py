@@ -47,6 +47,13 @@ class ADINTrainer(DGTrainer):
         if self.nuisance_stats is not None:
             unwrap(self.model).set_nuisance_stats(self.nuisance_stats)
 
+    @classmethod
+    def checkpoint_optional_keys(cls, cfg):
+        """f_I and f_N (with the nuisance priors and pair table) are sized by the training set and
+        only train; the test path uses f_E (`backbone.`, `pool.`) alone, and a model built for
+        evaluation has no f_I / f_N."""
+        return ("identity", "center_loss", "nuisance", "prior_*", "pair_table")
+
     @property
     def adversarial(self):
         return self.cfg.MODEL.ADIN.ADV_LOSS != "none"
@@ -62,6 +69,8 @@ class ADINTrainer(DGTrainer):
             if not val_items:
                 raise ValueError("ADIN.SWITCH 'threshold' needs a validation subset: no identity has 2 images")
         train_set = DGCommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
+        train_set.source = (f"training set DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)}"
+                            + (f" less {len(val_items)} validation images" if val_items else ""))
         self.nuisance_stats = None
         if adversarial:
             self.nuisance_stats = measure(head_names(cfg), [train_set.cam_dict[it[2]] for it in items],

@@ -49,12 +49,12 @@ def main(argv=None):
     cfg.MODEL.BACKBONE.PRETRAIN = False
     from plugins.compat import fix_model_device
     fix_model_device(cfg)
-    from fastreid.utils.checkpoint import Checkpointer
+    from plugins.checkpoint import load_model_weights
 
     from .trainer import DomainMixTrainer
     model = DomainMixTrainer.build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_model_weights(cfg, model, trainer_cls=DomainMixTrainer)
     labels, stats = cluster_sources(cfg, model, with_truth=args.purity)
     out = args.output or os.path.join(cfg.OUTPUT_DIR, "pseudo_labels.json")
     write_labels(out, labels, stats=stats, weights=cfg.MODEL.WEIGHTS)

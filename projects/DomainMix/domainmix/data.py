@@ -102,7 +102,13 @@ def build_train_set(cfg, labels=None):
         labels = load_labels_file(cfg, cfg.DOMAINMIX.PSEUDO.LABELS_FILE)
     items = labelled + (pseudo_items(unlabelled, labels, cfg.DOMAINMIX.PSEUDO.KEEP_OUTLIERS) if labels else [])
     capacity = len({it[1] for it in labelled}) + cluster_capacity(cfg, len(unlabelled))
-    return PseudoLabelledSet(items, build_transforms(cfg, is_train=True), capacity)
+    train_set = PseudoLabelledSet(items, build_transforms(cfg, is_train=True), capacity)
+    clusters = train_set.num_active_classes - train_set.num_labelled_classes
+    train_set.source = (f"DomainMix training set: DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} "
+                        f"({train_set.num_labelled_classes} ids)"
+                        + (f" + {clusters} clusters of DOMAINMIX.UNLABELLED {tuple(cfg.DOMAINMIX.UNLABELLED)} "
+                           "(fewer clusters: check DOMAINMIX.PSEUDO.EPS / MIN_SIZE)" if labels else ""))
+    return train_set
 
 
 def build_unlabelled_loaders(cfg):

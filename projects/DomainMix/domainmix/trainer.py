@@ -16,8 +16,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from fastreid.utils.checkpoint import Checkpointer
 
+from plugins.checkpoint import load_model_weights
 from plugins.data import build_dg_train_loader
 from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
 from plugins.engine.step import unwrap
@@ -100,7 +100,8 @@ class DomainMixTrainer(DGTrainer):
         if epoch != self.cfg.DOMAINMIX.PSEUDO.START_EPOCH:
             return self.model
         model = self.build_model(self.cfg)
-        Checkpointer(model).load(self.cfg.DOMAINMIX.PSEUDO.WEIGHTS)
+        load_model_weights(self.cfg, model, self.cfg.DOMAINMIX.PSEUDO.WEIGHTS, what="DOMAINMIX.PSEUDO.WEIGHTS",
+                           trainer_cls=type(self))
         return model
 
     # ------------------------------------------------------------------ pseudo labels

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from domainmix_test_utils import all_configs, build_trainer, load_cfg, synthetic_overrides
 from plugins.pseudo_labels import read_labels
@@ -87,6 +88,23 @@ RUNS = {
 }
 
 
+def ibn_stage1_weights(config, root, out, non_ibn):
+    """The previous run's model is a plain ResNet-18: as stage-1 weights of an IBN model it is an
+    error listing the IBN keys it lacks (it used to load silently, partly). Returns a bare
+    state_dict of an IBN model of this config, which loads."""
+    from plugins.checkpoint import CheckpointMismatchError
+    trainer = build_trainer(config, root, out, "DOMAINMIX.PSEUDO.WEIGHTS", non_ibn)
+    with pytest.raises(CheckpointMismatchError) as err:
+        trainer._clustering_model(trainer.cfg.DOMAINMIX.PSEUDO.START_EPOCH)
+    msg = str(err.value)
+    assert msg.startswith(f"DOMAINMIX.PSEUDO.WEIGHTS {non_ibn} does not match the model: ")
+    assert "missing keys (in the model, not in the checkpoint): backbone.layer1.0.bn1.IN.weight" in msg
+    assert "MODEL.WEIGHTS_ALLOW_PARTIAL" in msg
+    path = str(out / "stage1_ibn.pth")
+    torch.save(trainer.model.state_dict(), path)   # bare state_dict, as torch.save(model.state_dict())
+    return path
+
+
 def test_code_path_runs(synthetic_root, tmp_path_factory):
     from domainmix.trainer import DomainMixTrainer
     weights = None
@@ -96,7 +114,8 @@ def test_code_path_runs(synthetic_root, tmp_path_factory):
         has_stage3 = DomainMixTrainer.stage3_start(cfg) is not None
         opts = FAST + ["SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.MAX_EPOCH", "2",
                        "DOMAINMIX.PSEUDO.START_EPOCH", "1", "DOMAINMIX.STAGE3_START", "1" if has_stage3 else "-1"]
-        if "weights" in extra:    # the first clustering with another run's model (stage-1 weights)
+        if "weights" in extra:    # the first clustering with a stage-1 model (DOMAINMIX.PSEUDO.WEIGHTS)
+            weights = ibn_stage1_weights(config, synthetic_root, out, non_ibn=weights)
             opts += ["DOMAINMIX.PSEUDO.WEIGHTS", weights]
         results = run_train_net(config, out, synthetic_root, *synthetic_overrides(config), *opts)
         assert 0 < results["mAP"] <= 100, config

@@ -23,7 +23,7 @@ GAP = 2   # white pixels between panels
 
 def load_model(config_file, weights, opts=()):
     from fastreid.modeling.meta_arch import build_model
-    from fastreid.utils.checkpoint import Checkpointer
+    from plugins.checkpoint import load_model_weights
     from plugins.compat import fix_model_device
     from plugins.config import get_dg_cfg
     cfg = get_dg_cfg(config_file, opts)
@@ -33,7 +33,7 @@ def load_model(config_file, weights, opts=()):
     fix_model_device(cfg)
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_model_weights(cfg, model)
     return cfg, model.eval()
 
 

@@ -95,7 +95,8 @@ def build_source_loader(cfg):
         return build_dg_train_loader(cfg)
     items = load_train_items(cfg)
     check_labels(items, sources, "source")
-    return build_dg_train_loader(cfg, items=items, label_sources=sources)
+    return build_dg_train_loader(cfg, items=items, label_sources=sources,
+                                 source=f"training set DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)}")
 
 
 def build_target_loader(cfg):
@@ -105,5 +106,6 @@ def build_target_loader(cfg):
     sources = label_sources(cfg, "target")
     items = load_train_items(cfg, cfg.PTL.TARGET.NAMES, combineall=False)
     check_labels(items, sources, "target")
-    train_set = build_dg_train_set(cfg, items=items, label_sources=sources)
+    train_set = build_dg_train_set(cfg, items=items, label_sources=sources,
+                                   source=f"target set PTL.TARGET.NAMES {tuple(cfg.PTL.TARGET.NAMES)}")
     return build_dg_train_loader(cfg, train_set=train_set, batch_size=cfg.PTL.TARGET.IMS_PER_BATCH)

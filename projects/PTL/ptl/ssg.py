@@ -113,7 +113,9 @@ def initial_loader(cfg):
     the trainer can be built; the hook replaces it before any step."""
     items = [(it[0], f"ssg_init_{i}", it[2], it[3]) for i, it in enumerate(target_items(cfg))]
     table = {it[0]: [-1] * len(cfg.PTL.SSG.PARTS) for it in items}
-    train_set = build_dg_train_set(cfg, items=items, label_sources={"ssg_labels": PartLabels(table)})
+    train_set = build_dg_train_set(cfg, items=items, label_sources={"ssg_labels": PartLabels(table)},
+                                   source=f"SSG target set PTL.TARGET.NAMES {tuple(cfg.PTL.TARGET.NAMES)} "
+                                          "(one id per image before clustering)")
     return build_dg_train_loader(cfg, train_set=train_set)
 
 
@@ -158,10 +160,8 @@ class SSGStage:
     def loader(self, table):
         cfg = self.cfg
         items = [(p, f"ssg_{lab[0]}", self.items[p][2], self.items[p][3]) for p, lab in table.items() if lab[0] >= 0]
-        ids = len({it[1] for it in items})
-        need = cfg.SOLVER.IMS_PER_BATCH // cfg.DATALOADER.NUM_INSTANCE
-        if ids < need:
-            raise RuntimeError(f"SSG clustering kept {ids} whole-body clusters ({len(items)} of {len(table)} images); "
-                               f"a batch needs {need} (IMS_PER_BATCH / NUM_INSTANCE): adjust PTL.SSG.EPS / MIN_SAMPLES")
-        train_set = build_dg_train_set(cfg, items=items, label_sources={"ssg_labels": PartLabels(table)})
+        source = (f"SSG pseudo-labelled set of PTL.TARGET.NAMES {tuple(cfg.PTL.TARGET.NAMES)} (whole-body "
+                  f"clusters of {len(items)} of {len(table)} images; adjust PTL.SSG.EPS / MIN_SAMPLES)")
+        train_set = build_dg_train_set(cfg, items=items, label_sources={"ssg_labels": PartLabels(table)},
+                                       source=source)
         return build_dg_train_loader(cfg, train_set=train_set)

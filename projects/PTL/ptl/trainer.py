@@ -18,6 +18,13 @@ logger = logging.getLogger(__name__)
 @register_as(TRAINER_REGISTRY, "PTLTrainer")
 class PTLTrainer(DGTrainer):
     @classmethod
+    def checkpoint_optional_keys(cls, cfg):
+        """The proxy-task heads are not used at inference and the SSG stage has none (it starts
+        from a PTL model that has them); a model evaluated from a bare config may lack the
+        attribute heads."""
+        return super().checkpoint_optional_keys(cfg) + ("parsing_head", "attribute_heads")
+
+    @classmethod
     def build_train_loader(cls, cfg):
         return ssg.initial_loader(cfg) if cfg.PTL.SSG.ENABLED else build_source_loader(cfg)
 

@@ -95,13 +95,13 @@ def shortlist_tradeoff(config, weights, root, topks, device="cpu", targets=None)
     """Time and accuracy of pairwise evaluation with each TAL.EVAL.TOPK (0 = all pairs); the
     features are extracted once per target, only the ranking is timed."""
     from fastreid.modeling.meta_arch import build_model
-    from fastreid.utils.checkpoint import Checkpointer
+    from plugins.checkpoint import load_model_weights
     from plugins.config import get_dg_cfg
     from plugins.engine.tta import run_inference
     from .trainer import TALTrainer
     cfg = get_dg_cfg(config, ["MODEL.DEVICE", device, "DATASETS.ROOT", root, "MODEL.BACKBONE.PRETRAIN", "False"])
     model = build_model(cfg)
-    Checkpointer(model).load(weights)
+    load_model_weights(cfg, model, weights, trainer_cls=TALTrainer)
     rows = []
     TALTrainer._scoring_model = model
     try:

@@ -43,7 +43,8 @@ class TALTrainer(DGTrainer):
             return build_dg_train_loader(cfg)
         train_set = build_dg_train_set(cfg)
         sampler = GraphSampler(train_set.img_items, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(),
-                               cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED if cfg.SEED >= 0 else None)
+                               cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SEED if cfg.SEED >= 0 else None,
+                               source=train_set.source)
         return build_dg_train_loader(cfg, train_set=train_set, sampler=sampler)
 
     def build_extra_hooks(self, cfg):
