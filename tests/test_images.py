@@ -206,3 +206,15 @@ def test_to_tensor_emits_no_typed_storage_warning():
     assert rc == 0 and f"sum {4 * 32 * sum(GREEN)}" in out and "TypedStorage" not in out, out
     rc, out = run_py(code.format(setup="from plugins import compat\n        for f in compat.IMPORT_FIXES: f()"))
     assert rc == 0 and out.count("TypedStorage is deprecated") >= 1, out   # the problem, without the shim
+
+
+def test_label_tools_decode_as_training_does(tmp_path):
+    """PAOA's saliency estimation and PTL's label export read images with the same decoder."""
+    from paoa.weak_labels import read_rgb as paoa_read_rgb
+    from ptl.make_labels import load_batch
+    p = save(palette(), tmp_path / "p.png", "PNG")
+    i16 = save(Image.fromarray(np.full((H, W), 40000, np.uint16)), tmp_path / "i16.png", "PNG")
+    assert paoa_read_rgb(p).shape == (H, W, 3) and paoa_read_rgb(p)[0, 0].tolist() == list(GREEN)
+    x, sizes = load_batch([p, i16], (H, W))
+    assert sizes == [(W, H), (W, H)]
+    assert torch.equal(x, expected_batch()[[3, 9]] / 255.0)   # MODES "P" and "I;16"
