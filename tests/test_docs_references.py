@@ -25,8 +25,9 @@ def tracked_files():
 def test_no_file_points_outside_the_repository():
     files = tracked_files()
     assert "README.md" in files and "plugins/images.py" in files
+    this = os.path.relpath(os.path.abspath(__file__), REPO)   # its examples of what is caught
     hits = []
-    for path in files:
+    for path in (f for f in files if f != this):
         try:
             with open(os.path.join(REPO, path), encoding="utf-8") as f:
                 text = f.read()
