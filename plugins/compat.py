@@ -110,13 +110,13 @@ def fix_to_tensor_typed_storage():
     torch >= 2.0 deprecates: every data-loader worker prints `TypedStorage is deprecated`. The
     same bytes are read with `torch.frombuffer` (same values, shape C x H x W, float32, contiguous);
     other modes and numpy arrays go to fastreid's function unchanged."""
-    import inspect
     import torch
     from fastreid.data.transforms import functional, transforms
     orig = functional.to_tensor
     deprecated = hasattr(torch.storage, "_warn_typed_storage_removal")   # torch >= 2.0
+    names = getattr(getattr(orig, "__code__", None), "co_names", ())    # names the function uses
     if getattr(orig, "_typed_storage_shim", False) or not deprecated \
-            or "Storage.from_buffer" not in inspect.getsource(orig):
+            or not ("from_buffer" in names and any(n.endswith("Storage") for n in names)):
         return
     from PIL import Image
 
@@ -136,13 +136,16 @@ def fix_to_tensor_typed_storage():
 
 def _read_image_keeps_palette():
     """Probe: fastreid's `read_image(path)` returns the palette index (1, 1, 1), not the colour
-    (10, 200, 30), of a 1x1 palette PNG."""
+    (10, 200, 30), of a 1x1 palette PNG. Without a writable temp dir, assume it does."""
     import os
     import tempfile
     import numpy as np
     from PIL import Image
     from fastreid.data import data_utils
-    fd, path = tempfile.mkstemp(suffix=".png")
+    try:
+        fd, path = tempfile.mkstemp(suffix=".png")
+    except OSError:
+        return True
     os.close(fd)
     try:
         img = Image.new("P", (1, 1), 1)

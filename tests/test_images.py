@@ -218,3 +218,22 @@ def test_label_tools_decode_as_training_does(tmp_path):
     x, sizes = load_batch([p, i16], (H, W))
     assert sizes == [(W, H), (W, H)]
     assert torch.equal(x, expected_batch()[[3, 9]] / 255.0)   # MODES "P" and "I;16"
+
+
+def test_both_shims_are_noops_when_fastreid_is_healthy():
+    """A fastreid whose read_image expands palettes and whose to_tensor uses no TypedStorage."""
+    rc, out = run_py("""
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        import torch
+        from PIL import Image
+        from fastreid.data import data_utils
+        from fastreid.data.transforms import functional
+        healthy_read = lambda path, format=None: Image.open(path).convert("RGB")
+        healthy_to_tensor = lambda pic: torch.zeros(1)
+        data_utils.read_image, functional.to_tensor = healthy_read, healthy_to_tensor
+        compat.fix_read_image_modes(); compat.fix_to_tensor_typed_storage()
+        print("untouched", data_utils.read_image is healthy_read, functional.to_tensor is healthy_to_tensor,
+              "read_image_modes" in compat.APPLIED, "to_tensor_typed_storage" in compat.APPLIED)
+    """)
+    assert rc == 0 and "untouched True True False False" in out, out
