@@ -166,6 +166,89 @@ def _with_own_rng(infinite_indices, current):
     own_rng_indices._own_rng_shim = True
     return own_rng_indices
 
+# Modes whose `tobytes()` is one byte per band per pixel: fastreid's to_tensor reads them through
+# a TypedStorage (`torch.ByteStorage.from_buffer`).
+_BYTE_MODES = ("L", "P", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LA", "La", "PA", "HSV", "LAB")
+
+
+def fix_to_tensor_typed_storage():
+    """fastreid's `to_tensor` builds 8-bit images through `torch.ByteStorage.from_buffer`, which
+    torch >= 2.0 deprecates: every data-loader worker prints `TypedStorage is deprecated`. The
+    same bytes are read with `torch.frombuffer` (same values, shape C x H x W, float32, contiguous);
+    other modes and numpy arrays go to fastreid's function unchanged."""
+    import torch
+    from fastreid.data.transforms import functional, transforms
+    orig = functional.to_tensor
+    deprecated = hasattr(torch.storage, "_warn_typed_storage_removal")   # torch >= 2.0
+    names = getattr(getattr(orig, "__code__", None), "co_names", ())    # names the function uses
+    if getattr(orig, "_typed_storage_shim", False) or not deprecated \
+            or not ("from_buffer" in names and any(n.endswith("Storage") for n in names)):
+        return
+    from PIL import Image
+
+    def to_tensor(pic):
+        if not isinstance(pic, Image.Image) or pic.mode not in _BYTE_MODES:
+            return orig(pic)
+        nchannel = 3 if pic.mode == "YCbCr" else len(pic.mode)   # as fastreid counts them
+        img = torch.frombuffer(bytearray(pic.tobytes()), dtype=torch.uint8)
+        return img.view(pic.size[1], pic.size[0], nchannel).permute(2, 0, 1).contiguous().float()
+
+    to_tensor._typed_storage_shim = True
+    to_tensor.__wrapped__ = orig
+    functional.to_tensor = to_tensor
+    transforms.to_tensor = to_tensor      # ToTensor calls the name bound in transforms.py
+    _mark("to_tensor_typed_storage")
+
+
+def _read_image_keeps_palette():
+    """Probe: fastreid's `read_image(path)` returns the palette index (1, 1, 1), not the colour
+    (10, 200, 30), of a 1x1 palette PNG. Without a writable temp dir, assume it does."""
+    import os
+    import tempfile
+    import numpy as np
+    from PIL import Image
+    from fastreid.data import data_utils
+    try:
+        fd, path = tempfile.mkstemp(suffix=".png")
+    except OSError:
+        return True
+    os.close(fd)
+    try:
+        img = Image.new("P", (1, 1), 1)
+        img.putpalette([0, 0, 0, 10, 200, 30])
+        img.save(path)
+        return np.asarray(data_utils.read_image(path)).reshape(-1)[:3].tolist() != [10, 200, 30]
+    finally:
+        os.remove(path)
+
+
+def fix_read_image_modes():
+    """fastreid's `read_image(path)` (no format; what its `CommDataset` calls) keeps the file's PIL
+    mode: RGBA gives 4-channel tensors that fail in `fast_batch_collator`, palette PNGs give their
+    palette indices as grey, 16-bit grey is not scaled, and decoding errors do not name the file.
+    With no format, "RGB" or "BGR" it now decodes with `plugins.images.read_rgb` (every mode to
+    8-bit RGB, errors naming the file); other formats keep fastreid's behaviour."""
+    from fastreid.data import common, data_utils
+    orig = data_utils.read_image
+    if getattr(orig, "_modes_shim", False) or not _read_image_keeps_palette():
+        return
+    import numpy as np
+    from PIL import Image
+    from plugins.images import read_rgb
+
+    def read_image(file_name, format=None):
+        if format in (None, "RGB"):
+            return read_rgb(file_name)
+        if format == "BGR":
+            return Image.fromarray(np.ascontiguousarray(np.asarray(read_rgb(file_name))[:, :, ::-1]))
+        return orig(file_name, format)
+
+    read_image._modes_shim = True
+    read_image.__wrapped__ = orig
+    data_utils.read_image = read_image
+    common.read_image = read_image        # CommDataset calls the name bound in common.py
+    _mark("read_image_modes")
+
 
 def _cuda():
     import torch
@@ -448,7 +531,8 @@ IMPORT_FIXES = (fix_openblas_coretype, fix_openmp_wait_policy, fix_cpu_page_faul
                 fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
                  fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu,
-                 fix_metric_printer_repeat_write, fix_sampler_shared_random_state)
+                 fix_metric_printer_repeat_write, fix_sampler_shared_random_state,
+                 fix_to_tensor_typed_storage, fix_read_image_modes)
 
 
 def apply():

@@ -1,17 +1,11 @@
 """Dataset returning every label a DG method needs: identity, camera, domain, time, extras."""
 import torch
 from fastreid.data.common import CommDataset
-from fastreid.data.data_utils import read_image
 
+from ..images import read_rgb
 from .transforms import PairedTransform
 
-
-def read_image_or_fail(path):
-    """fastreid's reader, with the offending file named when an image cannot be decoded."""
-    try:
-        return read_image(path)
-    except Exception as e:  # PIL raises several types; all mean the same to the user
-        raise OSError(f"cannot read image '{path}': {e}") from e
+read_image_or_fail = read_rgb   # any mode -> 8-bit RGB PIL image; ImageReadError names the file
 
 
 class DGCommDataset(CommDataset):

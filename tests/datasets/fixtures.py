@@ -45,7 +45,11 @@ def grid_test_ids(k):
     return sorted(np.random.RandomState(k).permutation(np.arange(1, 251))[:125].tolist())
 
 
-def build_grid(root, with_test_cells=True):
+GRID_FIELDS = ("probeImIdx", "galleryImIdx", "personIdx")
+
+
+def build_grid(root, with_test_cells=True, fields=GRID_FIELDS):
+    """`fields`: the three struct field names (the loader reads the third by position)."""
     base = os.path.join(root, "underground_reid")
     for pid in range(1, 251):
         touch(os.path.join(base, "probe", f"{pid:04d}_{GRID_PROBE_CAM[pid]}_2500{pid % 7}_107_32_106_314.jpeg"))
@@ -59,8 +63,7 @@ def build_grid(root, with_test_cells=True):
         for k, ids in enumerate(split_ids):
             ids = np.array(ids, dtype=np.uint16)
             gallery = np.concatenate([2 * ids - 1, np.arange(501, 1276, dtype=np.uint16)[:distractors]])
-            out[0, k] = {"probeImIdx": (2 * ids)[None], "galleryImIdx": gallery[None],
-                         "personIdx": ids[None]}
+            out[0, k] = dict(zip(fields, ((2 * ids)[None], gallery[None], ids[None])))
         return out
     test = [grid_test_ids(k) for k in range(10)]
     train = [sorted(set(range(1, 251)) - set(t)) for t in test]

@@ -71,7 +71,8 @@ def test_grid_partitions_file(tmp_path):
     raises_layout_error(DG_GRID, tmp_path, mat, "not a readable MATLAB file")
     from scipy.io import savemat
     savemat(str(mat), {"trainIdxAll": [[{"ids": [1, 2]}] * 10]})
-    raises_layout_error(DG_GRID, tmp_path, mat, "personIdx")
+    raises_layout_error(DG_GRID, tmp_path, mat, "trainIdxAll split 1 of 10 is not a struct with at least 3 fields "
+                        "(found ['ids'])")
 
 
 def test_msmt17_lists(tmp_path):

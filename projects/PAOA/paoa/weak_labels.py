@@ -22,6 +22,9 @@ import uuid
 from multiprocessing import Pool
 
 import cv2
+import numpy as np
+
+from plugins.images import read_rgb as decode_rgb
 
 from .saliency import ESTIMATORS, estimate_saliency
 
@@ -33,10 +36,8 @@ class MissingWeakLabel(FileNotFoundError):
 
 
 def read_rgb(path):
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise OSError(f"cannot read image '{path}'")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """H x W x 3 uint8 RGB, decoded as the training images are (plugins.images.read_rgb)."""
+    return np.asarray(decode_rgb(path))
 
 
 def _read_map(path, img_path):

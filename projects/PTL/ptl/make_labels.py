@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from plugins.images import read_rgb
+
 from .labels import (ATTRIBUTES_FILE, AttributeSpec, LabelError, parsing_file, read_attribute_table,
                      relative_image_path, write_attribute_table, write_parsing)
 
@@ -72,11 +74,10 @@ def dataset_images(root, names, splits):
 def load_batch(paths, size):
     imgs, sizes = [], []
     for p in paths:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            sizes.append(im.size)
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-            imgs.append(torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1))
+        im = read_rgb(p)   # any mode -> 8-bit RGB, as the training images are decoded
+        sizes.append(im.size)
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+        imgs.append(torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1))
     return torch.stack(imgs), sizes
 
 
