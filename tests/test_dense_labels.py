@@ -199,3 +199,16 @@ def test_affine_compat_shim_applies_once_and_maps_the_old_keywords():
     op = proxy.RandomAffine(degrees=5, resample=2, fillcolor=(1, 2, 3))
     assert (op.interpolation, op.fill) == (T.InterpolationMode.BILINEAR, (1, 2, 3))
     assert proxy.Resize is T.Resize                         # everything else is torchvision's
+
+
+@pytest.mark.parametrize("config,build", [
+    ("projects/PAOA/configs/Synthetic/paoa.yml", lambda cfg: __import__("paoa.trainer").trainer.PAOATrainer
+     .build_train_loader(cfg)),
+    ("projects/PTL/configs/Synthetic/hp_t.yml", lambda cfg: __import__("ptl.data").data.build_target_loader(cfg)),
+], ids=["PAOA-saliency", "PTL-parsing"])
+def test_project_loaders_refuse_autoaug_before_training(config, build, synthetic_root):
+    """The projects' own loader builders (what the trainer calls) refuse the config, naming the key."""
+    cfg = get_dg_cfg(osp.join(REPO, config), ["DATASETS.ROOT", synthetic_root, "INPUT.AUTOAUG.ENABLED", "True",
+                                              "DATALOADER.NUM_WORKERS", "0"])
+    with pytest.raises(ValueError, match=r"^INPUT.AUTOAUG.ENABLED is on: .* cannot follow"):
+        build(cfg)
