@@ -30,12 +30,14 @@ IMAGE_ONLY_OFF = ["INPUT.CJ.ENABLED", "False", "INPUT.REA.ENABLED", "False", "IN
 
 
 def shipped_pipelines():
-    """{repr of the geometric train pipeline: [configs using it]} over PAOA's and PTL's configs."""
+    """{(train?, repr of the pipeline): [configs using it]} over PAOA's and PTL's configs: the train
+    pipelines, and the test ones (PAOA+ adapts on test images with their saliency maps)."""
     out = {}
     for path in sorted(glob.glob(osp.join(REPO, "projects", "PAOA", "configs", "**", "*.yml"), recursive=True) +
                        glob.glob(osp.join(REPO, "projects", "PTL", "configs", "**", "*.yml"), recursive=True)):
         cfg = get_dg_cfg(path, IMAGE_ONLY_OFF)
-        out.setdefault(repr(build_transforms(cfg, is_train=True)), []).append(path)
+        for train in (True, False):
+            out.setdefault((train, repr(build_transforms(cfg, is_train=train))), []).append(path)
     return out
 
 
@@ -61,14 +63,14 @@ class RedClass:
         return np.asarray(Image.open(path).convert("RGB"))[..., 0] // 64
 
 
-def make_set(cfg, tmp_path, n=4, size=None, sources=None):
-    h, w = size or [s // 2 for s in cfg.INPUT.SIZE_TRAIN]   # the train Resize doubles the blocks
+def make_set(cfg, tmp_path, n=4, size=None, sources=None, train=True):
+    h, w = size or [s // 2 for s in (cfg.INPUT.SIZE_TRAIN if train else cfg.INPUT.SIZE_TEST)]   # Resize doubles the blocks
     items = []
     for i in range(n):
         p = str(tmp_path / f"img{i}.png")
         block_image(h, w, i).save(p)
         items.append((p, i, 0, {"domain": 0}))
-    return DGCommDataset(items, build_transforms(cfg, is_train=True),
+    return DGCommDataset(items, build_transforms(cfg, is_train=train),
                          label_sources=sources or {"parsing": RedClass()})
 
 
@@ -88,22 +90,25 @@ def misaligned(dataset, draws=16, exact=False, window=5):
     return bad, checked
 
 
-@pytest.mark.parametrize("pipeline", sorted(PIPELINES), ids=lambda p: osp.relpath(PIPELINES[p][0], REPO))
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES), ids=lambda p: ("train:" if p[0] else "test:") +
+                         osp.relpath(PIPELINES[p][0], REPO))
 def test_labels_follow_every_shipped_pipeline(pipeline, tmp_path):
+    train = pipeline[0]
     cfg = get_dg_cfg(PIPELINES[pipeline][0], IMAGE_ONLY_OFF)
-    bad, checked = misaligned(make_set(cfg, tmp_path))
-    h, w = cfg.INPUT.SIZE_TRAIN
+    bad, checked = misaligned(make_set(cfg, tmp_path, train=train))
+    h, w = cfg.INPUT.SIZE_TRAIN if train else cfg.INPUT.SIZE_TEST
     assert checked > 16 * h * w // 2     # most pixels are block interiors: the check is not vacuous
     assert bad == 0
 
 
 def test_shipped_configs_cover_paper_and_synthetic_pipelines():
     """Both sizes of the shipped configs (paper 256x128, synthetic 64x32) are among the pipelines."""
-    used = [p for ps in PIPELINES.values() for p in ps]
+    used = [p for (train, _), ps in PIPELINES.items() if train for p in ps]
     assert len(used) == len(glob.glob(osp.join(REPO, "projects", "P[AT]*", "configs", "**", "*.yml"),
                                       recursive=True))
     sizes = {tuple(get_dg_cfg(ps[0], IMAGE_ONLY_OFF).INPUT.SIZE_TRAIN) for ps in PIPELINES.values()}
     assert {(256, 128), (64, 32)} <= sizes
+    assert {train for train, _ in PIPELINES} == {True, False}
 
 
 def _identity_for(*classes):
@@ -118,7 +123,7 @@ def _identity_for(*classes):
                          ids=["flip", "pad+crop"])
 def test_the_check_fails_when_labels_stop_following(left_behind, tmp_path, monkeypatch):
     """Mutation check: a label transform that ignores flips (or crops) is caught on a shipped config."""
-    path = next(ps[0] for p, ps in PIPELINES.items() if "RandomHorizontalFlip" in p and "RandomCrop" in p)
+    path = next(ps[0] for p, ps in PIPELINES.items() if "RandomHorizontalFlip" in p[1] and "RandomCrop" in p[1])
     cfg = get_dg_cfg(path, IMAGE_ONLY_OFF)
     monkeypatch.setattr(paired_mod, "_for_labels", _identity_for(*left_behind))
     bad, checked = misaligned(make_set(cfg, tmp_path))
