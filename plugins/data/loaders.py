@@ -70,4 +70,6 @@ def shutdown_loader(obj, timeout=10.0):
                 break
     if thread is not None and hasattr(obj, "batch"):
         obj.batch = None   # DataLoaderX's batch prefetched to the GPU
+    if getattr(obj, "_iterator", None) is not None:
+        obj._iterator = None   # a persistent-workers DataLoader starts afresh if iterated again
     return len(workers)

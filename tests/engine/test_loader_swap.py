@@ -137,3 +137,15 @@ def test_swapping_the_cpu_loader_stops_the_old_workers():
     assert loader_workers(old_iter) == [] and live_children() - base == WORKERS
     shutdown_loader(step._data_loader_iter)
     assert live_children() - base == 0
+
+
+def test_persistent_workers_loader_is_shut_down_and_usable_again():
+    base = live_children()
+    items = ToyItems()
+    loader = torch.utils.data.DataLoader(items, batch_size=8, num_workers=WORKERS, persistent_workers=True)
+    next(iter(loader))
+    assert live_children() - base == WORKERS and len(loader_workers(loader)) == WORKERS
+    assert shutdown_loader(loader) == WORKERS
+    assert live_children() - base == 0
+    assert next(iter(loader))["x"].shape == (8, 4)          # a fresh set of workers on demand
+    assert shutdown_loader(loader) == WORKERS and live_children() - base == 0
