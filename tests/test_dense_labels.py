@@ -217,3 +217,19 @@ def test_project_loaders_refuse_autoaug_before_training(config, build, synthetic
                                               "DATALOADER.NUM_WORKERS", "0"])
     with pytest.raises(ValueError, match=r"^INPUT.AUTOAUG.ENABLED is on: .* cannot follow"):
         build(cfg)
+
+
+def test_affine_compat_shim_is_a_noop_where_resample_is_accepted(monkeypatch):
+    """On a torchvision whose RandomAffine still takes `resample` (< 0.13) fastreid is left alone."""
+    import types
+    from fastreid.data.transforms import build
+    from plugins import compat
+
+    class OldRandomAffine:
+        def __init__(self, degrees, translate=None, scale=None, shear=None, resample=False, fillcolor=0):
+            pass
+
+    old = types.SimpleNamespace(RandomAffine=OldRandomAffine)
+    monkeypatch.setattr(build, "T", old)
+    compat.fix_random_affine_kwargs()
+    assert build.T is old
