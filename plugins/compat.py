@@ -249,6 +249,40 @@ def fix_read_image_modes():
     common.read_image = read_image        # CommDataset calls the name bound in common.py
     _mark("read_image_modes")
 
+class _TransformsOldAffineKwargs(types.ModuleType):
+    """torchvision.transforms proxy whose `RandomAffine` also takes the pre-0.13 keywords
+    `resample` (PIL filter code, False = nearest) and `fillcolor` (as `interpolation` / `fill`)."""
+
+    _PIL_FILTERS = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+
+    def __init__(self, transforms):
+        super().__init__(transforms.__name__)
+        self._transforms = transforms
+
+    def __getattr__(self, item):
+        return getattr(self._transforms, item)
+
+    def RandomAffine(self, *args, resample=None, fillcolor=None, **kwargs):
+        if resample is not None:
+            name = self._PIL_FILTERS[int(resample)]
+            kwargs.setdefault("interpolation", getattr(self._transforms.InterpolationMode, name))
+        if fillcolor is not None:
+            kwargs.setdefault("fill", fillcolor)
+        return self._transforms.RandomAffine(*args, **kwargs)
+
+
+def fix_random_affine_kwargs():
+    """`INPUT.AFFINE` builds `T.RandomAffine(..., resample=False, fillcolor=0)` (fastreid
+    data/transforms/build.py); torchvision 0.13 renamed those to `interpolation` / `fill`, so the
+    build raised `unexpected keyword argument 'resample'`. Same transform, new keyword names."""
+    import inspect
+    from fastreid.data.transforms import build
+    if isinstance(build.T, _TransformsOldAffineKwargs) or \
+            "resample" in inspect.signature(build.T.RandomAffine.__init__).parameters:
+        return
+    build.T = _TransformsOldAffineKwargs(build.T)
+    _mark("random_affine_kwargs")
+
 
 def _cuda():
     import torch
@@ -529,7 +563,7 @@ def fix_cpu_page_faults():
 
 IMPORT_FIXES = (fix_openblas_coretype, fix_openmp_wait_policy, fix_cpu_page_faults, fix_collections_aliases,
                 fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
-RUNTIME_FIXES = (fix_numpy2_copy_false, fix_dataloaderx_cpu, fix_test_loader_workers,
+RUNTIME_FIXES = (fix_numpy2_copy_false, fix_random_affine_kwargs, fix_dataloaderx_cpu, fix_test_loader_workers,
                  fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu,
                  fix_metric_printer_repeat_write, fix_sampler_shared_random_state,
                  fix_to_tensor_typed_storage, fix_read_image_modes)

@@ -11,14 +11,17 @@ read_image_or_fail = read_rgb   # any mode -> 8-bit RGB PIL image; ImageReadErro
 class DGCommDataset(CommDataset):
     """Items `(path, pid, camid, extras)` (3-tuples accepted) with `extras["domain"]` set by the
     builder. `label_sources`: name -> callable(path) giving an HxW map (if `dense` is true on the
-    callable; transformed with the image) or any array/number (returned as a tensor)."""
+    callable; transformed with the image, see plugins.data.transforms; a `flip_permutation` list on
+    the callable maps its classes on horizontal flips) or any array/number (returned as a tensor).
+    Raises ValueError when the transforms move the image in a way dense labels cannot follow."""
 
     def __init__(self, img_items, transform=None, relabel=True, label_sources=None):
         items = [tuple(i) if len(i) > 3 else (*i, {}) for i in img_items]
         super().__init__(items, transform, relabel)
         self.label_sources = dict(label_sources or {})
-        dense = any(getattr(fn, "dense", False) for fn in self.label_sources.values())
-        self.paired = PairedTransform(transform) if dense and transform is not None else None
+        dense = [k for k, fn in self.label_sources.items() if getattr(fn, "dense", False)]
+        flips = {k: getattr(self.label_sources[k], "flip_permutation", None) or [] for k in dense}
+        self.paired = PairedTransform(transform, dense, flips) if dense and transform is not None else None
         self.domains = sorted({i[3].get("domain", 0) for i in items})
 
     def __getitem__(self, index):

@@ -23,6 +23,7 @@ from fastreid.engine.train_loop import SimpleTrainer
 from fastreid.utils import comm
 from fastreid.utils.events import get_event_storage
 
+from plugins.data.loaders import shutdown_loader
 from plugins.registry import GRAD_COMBINERS, register_as
 
 logger = logging.getLogger(__name__)
@@ -101,11 +102,16 @@ class DGStep(SimpleTrainer):
 
     # ------------------------------------------------------------------ data
     def set_data_loader(self, loader):
-        """Replace the main loader (e.g. after re-clustering pseudo labels)."""
+        """Replace the main loader (e.g. after re-clustering pseudo labels); the old one's
+        background thread and worker processes are stopped first (plugins.data.shutdown_loader)."""
+        _retire(self.data_loader, self._data_loader_iter, loader)
         self.data_loader = loader
         self._data_loader_iter = iter(loader)
 
     def set_extra_loader(self, name, loader):
+        """Replace (or add) the extra loader `name`, stopping the old one's thread and workers."""
+        if name in self.extra_loaders:
+            _retire(self.extra_loaders[name], self._extra_iters.get(name), loader)
         self.extra_loaders[name] = loader
         self._extra_iters[name] = iter(loader)
 
@@ -203,6 +209,15 @@ class DGStep(SimpleTrainer):
             else:
                 opt.step()
             opt.zero_grad(set_to_none=True)
+
+
+def _retire(old_loader, old_iter, new_loader):
+    """Stop what iterates `old_loader` before `new_loader` replaces it. A torch loader with persistent
+    workers handed in again keeps its iterator (iter() resets and reuses it)."""
+    if old_iter is not None and not (old_loader is new_loader and old_iter is not old_loader):
+        shutdown_loader(old_iter)
+    if old_loader is not new_loader and old_loader is not old_iter:
+        shutdown_loader(old_loader)
 
 
 def _sum(tensors):

@@ -18,6 +18,7 @@ def add_ptl_config(cfg):
     cfg.PTL.HP.NUM_CLASSES = 8           # K: body parts + background (class 0)
     cfg.PTL.HP.MID_CHANNELS = 256        # deconv output channels
     cfg.PTL.HP.WEIGHT = 0.1              # lambda_hp of Eq. 6
+    cfg.PTL.HP.FLIP_PERMUTATION = []     # entry k: class that class k becomes under a horizontal flip (left/right parts swap); [] = identity
 
     # Attribute recognition (Eq. 5): one FC-BN-ReLU-FC head per attribute over the GAP feature.
     cfg.PTL.ATTR = CN()

@@ -5,6 +5,7 @@ import os.path as osp
 from PIL import Image
 
 from plugins.data import build_dg_train_loader, build_dg_train_set, datasets_root, load_train_items
+from plugins.data.transforms import check_flip_permutation
 
 from .labels import LabelDir, LabelError, SyntheticTruth, read_parsing, resolve_dir
 
@@ -23,8 +24,10 @@ class ParsingSource:
     """Label source of DGCommDataset: the image's parsing map, transformed with the image."""
     dense = True
 
-    def __init__(self, store, num_classes):
+    def __init__(self, store, num_classes, flip_permutation=()):
         self.store, self.num_classes = store, int(num_classes)
+        self.flip_permutation = check_flip_permutation(flip_permutation, self.num_classes,
+                                                       "PTL.HP.FLIP_PERMUTATION")
 
     def __call__(self, img_path):
         with Image.open(img_path) as img:
@@ -61,7 +64,7 @@ def label_sources(cfg, domain, store=None):
     store = store or label_store(cfg)
     out = {}
     if need["parsing"]:
-        out["parsing"] = ParsingSource(store, cfg.PTL.HP.NUM_CLASSES)
+        out["parsing"] = ParsingSource(store, cfg.PTL.HP.NUM_CLASSES, cfg.PTL.HP.FLIP_PERMUTATION)
     if need["attributes"]:
         out["attributes"] = AttributeSource(store)
     return out

@@ -81,15 +81,29 @@ def load_batch(paths, size):
     return torch.stack(imgs), sizes
 
 
+def check_device(device):
+    """`--device` as a torch.device; SystemExit naming the flag when it is malformed or absent here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise SystemExit(f"--device {device!r}: not a torch device ({e}); e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device!r}: CUDA is not available on this machine "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    return dev
+
+
 def parsing_maps(out, sizes, num_classes, paths):
+    """Per image an int64 [h, w] numpy map at the image's own size (`sizes`: (w, h)), from model
+    outputs on any device."""
     if out.dim() == 3:   # class indices
-        return [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long().numpy()
+        return [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long().cpu().numpy()
                 for o, (w, h) in zip(out, sizes)]
     if out.dim() != 4 or out.shape[1] != num_classes:
         raise LabelError(f"parsing model output {tuple(out.shape)} for images {paths[0]}...: expected "
                          f"[B, {num_classes}, h, w] scores or [B, h, w] classes")
     return [F.interpolate(o[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-            .argmax(0).numpy() for o, (w, h) in zip(out, sizes)]
+            .argmax(0).cpu().numpy() for o, (w, h) in zip(out, sizes)]
 
 
 def attribute_probs(out, spec, probabilities, paths):
@@ -153,6 +167,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.attribute_model and not a.attribute_spec:
         p.error("--attribute-model needs --attribute-spec")
+    check_device(a.device)
     out = a.out or osp.join(a.root, "ptl_labels")
     n = make_labels(a.root, a.datasets, out,
                     load_model(a.parsing_model, a.device) if a.parsing_model else None,
