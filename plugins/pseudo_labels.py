@@ -49,20 +49,16 @@ def knn_search(x, k, use_gpu=None, return_sims=False):
     use_gpu False: CPU only; None / True: the GPU when faiss or torch has one
     (`plugins.kreciprocal.knn_backend`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    idx, _ = kr.knn(x, k, cpu=use_gpu is False)
-    if not return_sims:
-        return idx
-    rows = np.repeat(np.arange(len(x)), idx.shape[1])
-    sims = (1.0 - 0.5 * kr.pair_sq_dist(x, rows, idx.ravel())).reshape(idx.shape)
-    return idx, sims
+    idx, sqd, _ = kr.knn(x, k, cpu=use_gpu is False)
+    return (idx, 1.0 - 0.5 * sqd) if return_sims else idx
 
 
 def _encoding(x, rank, sims, k1, k2):
     """SpCL's k-reciprocal encoding V (sparse [N, N], rows sum to 1) from kNN lists of k1
-    entries on normalised features `x`; `sims` is unused (kept for callers' signature)."""
+    entries on normalised features `x` and their inner products `sims`."""
     sq = torch.from_numpy(x).pow(2).sum(dim=1).numpy()
     return kr.encoding(rank, lambda r, c: kr.pair_sq_dist(x, r, c, sq), k1,
-                       int(np.around(k1 / 2)) + 1, k2)
+                       int(np.around(k1 / 2)) + 1, k2, sqd=(2.0 - 2.0 * sims).astype(np.float32))
 
 
 def _jaccard_from_encoding(v, max_dist, budget=8_000_000):

@@ -16,20 +16,44 @@ def _feats(n, dim=16, seed=0):
     return (centers[torch.arange(n) % 5] + 0.7 * torch.randn(n, dim, generator=gen)).numpy()
 
 
-@pytest.mark.parametrize("faiss_gpu,cuda,backend,cpu,expected", [
-    (True, True, "auto", False, ("faiss", "cuda")),
-    (False, True, "auto", False, ("torch", "cuda")),
-    (False, False, "auto", False, ("torch", "cpu")),
-    (True, True, "auto", True, ("torch", "cpu")),
-    (True, False, "torch", False, ("torch", "cpu")),
-    (False, True, "faiss", False, ("faiss", "cpu")),
-    (True, True, "faiss", False, ("faiss", "cuda")),
-    (True, True, "faiss-hnsw", False, ("faiss-hnsw", "cpu")),
+@pytest.mark.parametrize("faiss_gpu,cuda,backend,cpu,row_max,expected", [
+    (True, True, "auto", False, False, ("faiss", "cuda")),
+    (True, True, "auto", False, True, ("faiss", "cuda")),
+    (False, True, "auto", False, False, ("torch", "cuda")),
+    (False, False, "auto", False, False, ("faiss", "cpu")),
+    (False, False, "auto", False, True, ("torch", "cpu")),
+    (True, True, "auto", True, False, ("faiss", "cpu")),
+    (True, True, "auto", True, True, ("torch", "cpu")),
+    (True, False, "torch", False, False, ("torch", "cpu")),
+    (False, True, "torch", False, False, ("torch", "cuda")),
+    (False, True, "faiss", False, False, ("faiss", "cpu")),
+    (True, True, "faiss", False, True, ("faiss", "cuda")),
+    (True, True, "faiss-hnsw", False, False, ("faiss-hnsw", "cpu")),
 ])
-def test_knn_backend_follows_the_devices(monkeypatch, faiss_gpu, cuda, backend, cpu, expected):
+def test_knn_backend_follows_the_devices(monkeypatch, faiss_gpu, cuda, backend, cpu, row_max,
+                                         expected):
     monkeypatch.setattr(kr, "_faiss_gpu_available", lambda: faiss_gpu)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert kr.knn_backend(backend, cpu) == expected
+    assert kr.knn_backend(backend, cpu, row_max) == expected
+
+
+def test_knn_backend_without_faiss_uses_torch(monkeypatch):
+    monkeypatch.setattr(kr, "_faiss_available", lambda: False)
+    monkeypatch.setattr(kr, "_faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kr.knn_backend("auto") == ("torch", "cpu")
+
+
+def test_knn_runs_the_chosen_backend(monkeypatch):
+    """knn dispatches on knn_backend's answer: a stubbed CUDA choice reaches the torch search
+    with device "cuda" (run here on CPU by stubbing the search itself)."""
+    calls = []
+    monkeypatch.setattr(kr, "knn_backend", lambda b, cpu, row_max: ("torch", "cuda"))
+    monkeypatch.setattr(kr, "_knn_torch", lambda x, k, device, row_max, chunk: calls.append(
+        (device, k, row_max, chunk)) or (np.tile(np.arange(k), (len(x), 1)),
+                                         np.zeros((len(x), k), np.float32), None))
+    idx, _, _ = kr.knn(_feats(4), 9, chunk_size=2)
+    assert calls == [("cuda", 4, False, 2)] and idx.shape == (4, 4)
 
 
 def test_knn_backend_rejects_unknown_names():
@@ -43,7 +67,8 @@ def test_torch_and_faiss_knn_agree_with_brute_force_and_give_row_maxima():
     d = ((x[:, None] - x[None]) ** 2).sum(-1)
     ref = np.argsort(d, axis=1, kind="stable")[:, :7]
     for backend in ("torch", "faiss"):
-        idx, rmax = kr.knn(x, 7, backend, row_max=True, chunk_size=16, cpu=True)
+        idx, sqd, rmax = kr.knn(x, 7, backend, row_max=True, chunk_size=16, cpu=True)
+        np.testing.assert_allclose(sqd, np.take_along_axis(d, ref, 1), rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(idx, ref)
         np.testing.assert_allclose(rmax, d.max(1), rtol=1e-5)
 
@@ -51,7 +76,7 @@ def test_torch_and_faiss_knn_agree_with_brute_force_and_give_row_maxima():
 def test_knn_lists_are_clamped_never_padded():
     x = _feats(6)
     for backend in ("torch", "faiss"):
-        idx, _ = kr.knn(x, 20, backend, cpu=True)
+        idx, _, _ = kr.knn(x, 20, backend, cpu=True)
         assert idx.shape == (6, 6) and (idx >= 0).all()
         np.testing.assert_array_equal(np.sort(idx, 1), np.tile(np.arange(6), (6, 1)))
         np.testing.assert_array_equal(idx[:, 0], np.arange(6))
@@ -60,7 +85,7 @@ def test_knn_lists_are_clamped_never_padded():
 def test_missing_entries_of_an_approximate_index_are_dropped_not_used():
     """-1 in a list (faiss: not found) must not stand for the last item."""
     x = _feats(12)
-    idx, _ = kr.knn(x, 6, "torch", cpu=True)
+    idx, _, _ = kr.knn(x, 6, "torch", cpu=True)
     holed = idx.copy()
     holed[:, 4:] = -1
     d = lambda r, c: kr.pair_sq_dist(x, r, c)  # noqa: E731
@@ -75,9 +100,9 @@ def test_missing_entries_of_an_approximate_index_are_dropped_not_used():
 def test_approximate_knn_recall():
     """HNSW / IVF: exactness then approximate; recall of the 10-NN measured against exact."""
     x = _feats(2000, dim=32, seed=4)
-    exact, _ = kr.knn(x, 10, "torch", cpu=True)
+    exact, _, _ = kr.knn(x, 10, "torch", cpu=True)
     for backend in ("faiss-hnsw", "faiss-ivf"):
-        approx, _ = kr.knn(x, 10, backend)
+        approx, _, _ = kr.knn(x, 10, backend)
         recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
         assert recall > 0.8, (backend, recall)
     with pytest.raises(ValueError, match="approximate"):

@@ -130,20 +130,17 @@ def exact_rerank_dist_fn(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_va
         x = F.normalize(x, dim=1)
     x = x.numpy()
     k_half = int(np.around(k1 / 2)) + 1
+    sq = torch.from_numpy(x).pow(2).sum(dim=1).numpy()
+    pair = lambda r, c: kr.pair_sq_dist(x, r, c, sq)  # noqa: E731
     if method == "fastreid":
-        idx, _ = kr.knn(x, k1, knn)
-        sq = torch.from_numpy(x).pow(2).sum(dim=1).numpy()
-        pair = lambda r, c: kr.pair_sq_dist(x, r, c, sq)  # noqa: E731
-        v = kr.encoding(idx, pair, k1, k_half, k2)
+        idx, sqd, _ = kr.knn(x, k1, knn)
+        v = kr.encoding(idx, pair, k1, k_half, k2, sqd)
     else:
-        idx, rmax = kr.knn(x, max(k1 + 1, k2), knn, row_max=True)
-        dmax = rmax / 2 if metric == "cosine" else rmax      # max of the metric distance d
-        denom = (dmax.astype(np.float64) ** 2).astype(np.float32)
-        if metric == "cosine":
-            pair_d = lambda r, c: 1 - kr.pair_dots(x, r, c)  # noqa: E731
-        else:
-            pair_d = lambda r, c: kr.pair_sq_dist(x, r, c)  # noqa: E731
-        v = kr.encoding(idx, lambda r, c: pair_d(r, c) ** 2 / denom[r], k1 + 1, k_half, k2)
+        idx, sqd, rmax = kr.knn(x, max(k1 + 1, k2), knn, row_max=True)
+        scale = 0.5 if metric == "cosine" else 1.0       # d = 1 - cos = |x - y|^2 / 2 there
+        denom = ((rmax.astype(np.float64) * scale) ** 2).astype(np.float32)
+        v = kr.encoding(idx, pair, k1 + 1, k_half, k2, sqd,
+                        weight_dist=lambda r, s2: (s2 * scale) ** 2 / denom[r])
         denom_q = torch.from_numpy(denom[:num_q])
     mass = kr.SharedMass(v, np.arange(num_q, num_q + num_g))
 
