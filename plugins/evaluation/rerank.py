@@ -122,7 +122,6 @@ def exact_rerank_dist_fn(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_va
     """
     if method not in ("fastreid", "zhong"):
         raise ValueError(f"exact re-ranking method must be 'fastreid' or 'zhong', got {method!r}")
-    base = feature_dist_fn(q_feat, g_feat, metric, num_buffers=1)
     q_feat, g_feat = torch.as_tensor(q_feat).float(), torch.as_tensor(g_feat).float()
     num_q, num_g = len(q_feat), len(g_feat)
     x = torch.cat((q_feat, g_feat))
@@ -142,7 +141,9 @@ def exact_rerank_dist_fn(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_va
         v = kr.encoding(idx, pair, k1 + 1, k_half, k2, sqd,
                         weight_dist=lambda r, s2: (s2 * scale) ** 2 / denom[r])
         denom_q = torch.from_numpy(denom[:num_q])
+    del x, sq, pair, idx, sqd     # peak memory: the (Q + G) x D copy goes before the next one
     mass = kr.SharedMass(v, np.arange(num_q, num_q + num_g))
+    base = feature_dist_fn(q_feat, g_feat, metric, num_buffers=1)
 
     @torch.no_grad()
     def dist_fn(a, b):
