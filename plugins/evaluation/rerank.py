@@ -126,7 +126,7 @@ def exact_rerank_dist_fn(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_va
     num_q, num_g = len(q_feat), len(g_feat)
     x = torch.cat((q_feat, g_feat))
     if metric == "cosine":     # both references rank normalised features in that case
-        x = F.normalize(x, dim=1)
+        x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-12))   # F.normalize, without a copy
     x = x.numpy()
     k_half = int(np.around(k1 / 2)) + 1
     sq = torch.from_numpy(x).pow(2).sum(dim=1).numpy()
