@@ -130,3 +130,14 @@ def test_exact_rerank_rejects_unknown_method_and_approximate_knn_for_zhong():
         exact_rerank_dist_fn(q, g, method="topk")
     with pytest.raises(ValueError, match="'faiss-hnsw' is approximate"):
         exact_rerank_dist_fn(q, g, method="zhong", knn="faiss-hnsw")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_one_query_five_gallery_k1_20_equals_the_local_graph(metric):
+    """Issue #15 item 5: with every gallery item a candidate, the top-k path's local graph is the
+    whole set, so the exact path must equal it (faiss's -1 padding made them differ by 0.14)."""
+    q, _ = clustered(1, seed=11)
+    g, _ = clustered(5, seed=12)
+    exact = exact_rerank_dist_fn(q, g, metric, 20, 6, 0.3)(0, 1)
+    local = topk_rerank_dist_fn(q, g, metric, 20, 6, 0.3, topk=5)(0, 1)
+    np.testing.assert_allclose(exact.numpy(), local.numpy(), rtol=0, atol=1e-5)
