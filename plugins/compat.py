@@ -359,6 +359,47 @@ def fix_amp_on_cpu():
     _mark("amp_on_cpu")
 
 
+def _faiss_pads_with_minus_one():
+    import faiss
+    import numpy as np
+    index = faiss.IndexFlatL2(1)
+    index.add(np.zeros((1, 1), np.float32))
+    return int(index.search(np.zeros((1, 1), np.float32), 2)[1][0, 1]) == -1
+
+
+class _ClampedIndex:
+    """A faiss index whose search never asks for more neighbours than it holds."""
+
+    def __init__(self, index):
+        self._index = index
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+    def search(self, x, k, *args, **kwargs):
+        return self._index.search(x, min(k, self._index.ntotal), *args, **kwargs)
+
+
+def fix_faiss_knn_padding():
+    """fastreid's `compute_jaccard_distance` asks faiss for k1 neighbours; with fewer than k1
+    items faiss pads the lists with -1, which fastreid then uses as the index of the last item
+    (1 query + 5 gallery, k1 = 20: re-ranked distances off by up to 0.19). Its searches are made
+    to ask for at most as many neighbours as there are items."""
+    from fastreid.utils import compute_dist
+    if getattr(compute_dist, "_knn_clamped", False) or not _faiss_pads_with_minus_one():
+        return
+    init_cpu, init_gpu = compute_dist.index_init_cpu, compute_dist.index_init_gpu
+    raw, by_index = compute_dist.search_raw_array_pytorch, compute_dist.search_index_pytorch
+    compute_dist.index_init_cpu = lambda *a, **kw: _ClampedIndex(init_cpu(*a, **kw))
+    compute_dist.index_init_gpu = lambda *a, **kw: _ClampedIndex(init_gpu(*a, **kw))
+    compute_dist.search_raw_array_pytorch = \
+        lambda res, xb, xq, k, *a, **kw: raw(res, xb, xq, min(k, xb.size(0)), *a, **kw)
+    compute_dist.search_index_pytorch = \
+        lambda index, x, k, *a, **kw: by_index(index, x, min(k, index.ntotal), *a, **kw)
+    compute_dist._knn_clamped = True
+    _mark("faiss_knn_padding")
+
+
 def _faiss_has_gpu():
     import faiss
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -564,8 +605,8 @@ def fix_cpu_page_faults():
 IMPORT_FIXES = (fix_openblas_coretype, fix_openmp_wait_policy, fix_cpu_page_faults, fix_collections_aliases,
                 fix_torch_six, fix_torchvision_cuda_wheel, fix_numpy_bool)
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_random_affine_kwargs, fix_dataloaderx_cpu, fix_test_loader_workers,
-                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_cython_compile_exit, fix_launch_cpu,
-                 fix_metric_printer_repeat_write, fix_sampler_shared_random_state,
+                 fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_faiss_knn_padding, fix_cython_compile_exit,
+                 fix_launch_cpu, fix_metric_printer_repeat_write, fix_sampler_shared_random_state,
                  fix_to_tensor_typed_storage, fix_read_image_modes)
 
 

@@ -11,6 +11,7 @@ The Jaccard distance is the k-reciprocal encoding of Zhong et al. (CVPR 2017) as
   - V[i, j] = softmax over the expanded set of -||x_i - x_j||^2; query expansion: V[i] = mean of
     the rows of the k2 nearest images (self included);
   - d_J(i, j) = 1 - sum_c min(V_ic, V_jc) / sum_c max(V_ic, V_jc) = 1 - s / (2 - s)  (rows sum to 1).
+The computation is `plugins.kreciprocal`'s (shared with the exact re-ranking of the evaluator).
 Everything is sparse (V has at most a few hundred non-zeros a row), so memory is O(N k1^2), not
 O(N^2): `jaccard_distance_sparse` keeps only the pairs below `max_dist` (the others are at distance
 1, i.e. share no support); DBSCAN with eps < 1 on it gives exactly the labels of the dense matrix.
@@ -31,6 +32,8 @@ import torch.nn.functional as F
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 
+from plugins import kreciprocal as kr
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["jaccard_distance", "jaccard_distance_sparse", "knn_search", "dbscan_labels",
@@ -39,128 +42,34 @@ __all__ = ["jaccard_distance", "jaccard_distance_sparse", "knn_search", "dbscan_
 
 
 # ---------------------------------------------------------------------------- kNN
-def _faiss_gpu_available():
-    try:
-        import faiss
-    except ImportError:
-        return False
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 def knn_search(x, k, use_gpu=None, return_sims=False):
-    """Indices [N, k] of the k nearest rows of `x` (float32 [N, D], L2-normalised) by inner product,
-    the row itself first (and their inner products [N, k] with return_sims). GPU faiss when
-    available and use_gpu is not False; with use_gpu=True and no GPU faiss, an exact blockwise
-    torch search on CUDA; else faiss on CPU."""
+    """Indices int64 [N, min(k, N)] of the k nearest rows of `x` (float32 [N, D], L2-normalised,
+    so inner-product order = Euclidean order), the row itself first (and their inner products
+    [N, min(k, N)] with return_sims). Never padded with -1 (faiss pads when k > N).
+    use_gpu False: CPU only; None / True: the GPU when faiss or torch has one
+    (`plugins.kreciprocal.knn_backend`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
-    k = min(k, n)
-    if use_gpu is not False and _faiss_gpu_available():
-        import faiss
-        index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
-        index.add(x)
-        sims, idx = index.search(x, k)
-    elif use_gpu and torch.cuda.is_available():
-        xt = torch.from_numpy(x).cuda()
-        top = [(xt[s:s + 4096] @ xt.T).topk(k, dim=1) for s in range(0, n, 4096)]
-        sims = torch.cat([t.values.cpu() for t in top]).numpy()
-        idx = torch.cat([t.indices.cpu() for t in top]).numpy()
-    else:
-        import faiss
-        index = faiss.IndexFlatIP(d)
-        index.add(x)
-        sims, idx = index.search(x, k)
-    idx = idx.astype(np.int64)
-    rows = np.arange(n)
-    for i in np.nonzero(idx[:, 0] != rows)[0]:   # exact duplicates can outrank the row itself
-        keep = idx[i] != i
-        idx[i] = np.concatenate([[i], idx[i][keep][:k - 1]])
-        sims[i] = np.concatenate([[float(x[i] @ x[i])], sims[i][keep][:k - 1]])
-    return (idx, sims) if return_sims else idx
-
-
-def _reciprocal(rank, kk):
-    """Boolean sparse [N, N]: j in R(i) iff j in rank[i, :kk] and i in rank[j, :kk]."""
-    n = rank.shape[0]
-    fwd = rank[:, :kk]
-    keep = np.zeros(fwd.shape, dtype=bool)
-    step = max(1, 4_000_000 // (kk * kk))
-    for s in range(0, n, step):
-        f = fwd[s:s + step]
-        keep[s:s + step] = (rank[f, :kk] == np.arange(s, s + len(f))[:, None, None]).any(2)
-    rows = np.repeat(np.arange(n), kk)[keep.ravel()]
-    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, fwd.ravel()[keep.ravel()])), shape=(n, n))
-
-
-def _row_dots(x, rows, cols, chunk=1 << 13):
-    out = np.empty(len(rows), np.float32)
-    xt = torch.from_numpy(x)
-    for s in range(0, len(rows), chunk):
-        r = torch.from_numpy(rows[s:s + chunk])
-        c = torch.from_numpy(cols[s:s + chunk])
-        out[s:s + chunk] = (xt[r] * xt[c]).sum(1).numpy()
-    return out
+    idx, sqd, _ = kr.knn(x, k, cpu=use_gpu is False)
+    return (idx, 1.0 - 0.5 * sqd) if return_sims else idx
 
 
 def _encoding(x, rank, sims, k1, k2):
-    """The k-reciprocal encoding V (sparse [N, N], rows sum to 1), after query expansion.
-    `sims`: the inner products of the kNN lists (pairs outside them are computed here)."""
-    n = x.shape[0]
-    r_full = _reciprocal(rank, min(k1 + 1, rank.shape[1]))
-    r_half = _reciprocal(rank, min(int(np.around(k1 / 2)) + 1, rank.shape[1]))
-    # candidate c of R(i) is kept when |R_half(c) & R(i)| > 2/3 |R_half(c)|
-    overlap = (r_full @ r_half.T).multiply(r_full).tocsr()
-    half_size = np.asarray(r_half.sum(1)).ravel()
-    overlap.data = (overlap.data > 2.0 / 3.0 * half_size[overlap.indices]).astype(np.float32)
-    overlap.eliminate_zeros()
-    expanded = (r_full + overlap @ r_half).tocsr()
-    expanded.data[:] = 1.0
-    # inner products: from the kNN lists where the pair is in them (stored as sim + 3 > 1)
-    known = sp.csr_matrix(((sims + 3.0).ravel().astype(np.float64),
-                           (np.repeat(np.arange(n), rank.shape[1]), rank.ravel())), shape=(n, n))
-    known.sum_duplicates()
-    expanded = (expanded + expanded.multiply(known)).tocsr()
-    expanded.sort_indices()
-    rows = np.repeat(np.arange(n), np.diff(expanded.indptr))
-    dots = expanded.data - 4.0
-    missing = expanded.data == 1.0
-    dots[missing] = _row_dots(x, rows[missing], expanded.indices[missing])
-    w = np.exp(-(2.0 - 2.0 * dots)).astype(np.float32)
-    sums = np.bincount(rows, weights=w, minlength=n)
-    v = sp.csr_matrix((w / sums[rows], expanded.indices, expanded.indptr), shape=(n, n))
-    if k2 > 1:
-        q = sp.csr_matrix((np.full(n * k2, 1.0 / k2, np.float32),
-                           (np.repeat(np.arange(n), k2), rank[:, :k2].ravel())), shape=(n, n))
-        v = (q @ v).tocsr()
-    v.sum_duplicates()
-    return v.astype(np.float32)
+    """SpCL's k-reciprocal encoding V (sparse [N, N], rows sum to 1) from kNN lists of k1
+    entries on normalised features `x` and their inner products `sims`."""
+    sq = torch.from_numpy(x).pow(2).sum(dim=1).numpy()
+    return kr.encoding(rank, lambda r, c: kr.pair_sq_dist(x, r, c, sq), k1,
+                       int(np.around(k1 / 2)) + 1, k2, sqd=(2.0 - 2.0 * sims).astype(np.float32))
 
 
 def _jaccard_from_encoding(v, max_dist, budget=8_000_000):
     """Sparse Jaccard distances of the pairs sharing support, kept when <= max_dist."""
     n = v.shape[0]
-    vt = v.T.tocsr()
-    post = np.diff(vt.indptr)
-    nz_rows = np.repeat(np.arange(n), np.diff(v.indptr))
-    work = np.bincount(nz_rows, weights=post[v.indices], minlength=n)   # triples per row
     out_rows, out_cols, out_vals = [], [], []
-    start = 0
-    while start < n:
-        stop = start + max(1, int(np.searchsorted(np.cumsum(work[start:]), budget, side="right")))
-        blk = v[start:stop]
-        r = np.repeat(np.arange(stop - start), np.diff(blk.indptr))
-        cnt = post[blk.indices]
-        total = int(cnt.sum())
-        first = vt.indptr[blk.indices]
-        pos = np.repeat(first - np.cumsum(cnt) + cnt, cnt) + np.arange(total)
-        mins = np.minimum(np.repeat(blk.data, cnt), vt.data[pos])
-        s = sp.coo_matrix((mins, (np.repeat(r, cnt), vt.indices[pos])), shape=(stop - start, n)).tocsr()
-        s.sum_duplicates()
-        d = np.maximum(1.0 - s.data / (2.0 - s.data), 0.0).astype(np.float32)
+    for start, stop, s in kr.shared_mass(v, budget=budget):
+        d = kr.jaccard_from_mass(s.data)
         keep = d <= max_dist
         rr = np.repeat(np.arange(start, stop), np.diff(s.indptr))
         out_rows.append(rr[keep]), out_cols.append(s.indices[keep]), out_vals.append(d[keep])
-        start = stop
     rows, cols, vals = (np.concatenate(a) for a in (out_rows, out_cols, out_vals))
     order = np.lexsort((cols, rows))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])

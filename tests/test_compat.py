@@ -340,3 +340,25 @@ def test_each_sampler_draws_from_its_own_random_state():
     shimmed = data_sampler.TrainingSampler._infinite_indices
     compat.fix_sampler_shared_random_state()
     assert data_sampler.TrainingSampler._infinite_indices is shimmed
+
+def test_fastreid_jaccard_never_uses_faiss_padding_as_an_index():
+    """1 query + 5 gallery, k1 = 20: unpatched, faiss's -1 padding is read as item 5 and the
+    re-ranked distances move by > 0.05; patched, fastreid's code equals the sparse re-ranking."""
+    import numpy as np
+    import torch
+    from fastreid.utils import compute_dist
+    from plugins import compat
+    from plugins.evaluation.rerank import exact_rerank_dist_fn
+    assert "faiss_knn_padding" in compat.APPLIED and compat._faiss_pads_with_minus_one()
+    feat = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    ours = exact_rerank_dist_fn(feat[:1], feat[1:], "cosine", 20, 6, 0.0)(0, 1).numpy()
+    patched = compute_dist.build_dist(feat[:1], feat[1:], metric="jaccard", k1=20, k2=6)
+    np.testing.assert_allclose(patched, ours, atol=1e-5)
+    import faiss
+    saved = compute_dist.index_init_cpu
+    compute_dist.index_init_cpu = faiss.IndexFlatL2
+    try:
+        padded = compute_dist.build_dist(feat[:1], feat[1:], metric="jaccard", k1=20, k2=6)
+    finally:
+        compute_dist.index_init_cpu = saved
+    assert np.abs(padded - ours).max() > 0.05

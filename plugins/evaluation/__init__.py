@@ -12,7 +12,7 @@ from .dg_evaluator import DGReidEvaluator
 from .rank import (DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn,
                    evaluate_rank_distmat, feature_dist_fn)
 from .report import AVERAGE, aggregate_splits, format_results_table, write_results_json
-from .rerank import aqe_chunked, full_rerank_distmat, local_jaccard, topk_rerank_dist_fn
+from .rerank import aqe_chunked, exact_rerank_dist_fn, local_jaccard, topk_rerank_dist_fn
 
 _LAZY = {"bench_evaluator": "bench", "draw_rank_list": "rank_list", "top_matches": "rank_list",
          "write_rank_lists": "rank_list"}
@@ -21,7 +21,7 @@ __all__ = [
     "add_evaluation_config", "DGReidEvaluator", "DEFAULT_CHUNK_SIZE", "evaluate_rank_chunked",
     "evaluate_rank_dist_fn", "evaluate_rank_distmat", "feature_dist_fn", "AVERAGE",
     "aggregate_splits", "format_results_table", "write_results_json", "aqe_chunked",
-    "full_rerank_distmat", "local_jaccard", "topk_rerank_dist_fn", *_LAZY,
+    "exact_rerank_dist_fn", "local_jaccard", "topk_rerank_dist_fn", *_LAZY,
 ]
 
 

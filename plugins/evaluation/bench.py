@@ -2,6 +2,8 @@
 
     python -m plugins.evaluation.bench --msmt          # 11,659 x 82,161, 2048-d (MSMT17 test)
     python -m plugins.evaluation.bench --num-query 2000 --num-gallery 10000 --with-fastreid
+    python -m plugins.evaluation.bench --rerank --size 0.1   # exact re-ranking, 1/10 of MSMT17
+    python -m plugins.evaluation.bench --rerank --size 1     # at MSMT17 test size (minutes)
 
 Peak memory is the process's resident high-water mark (VmHWM) during each phase, reset before
 the phase through /proc/self/clear_refs (Linux); it includes the features already resident.
@@ -16,7 +18,8 @@ import plugins  # noqa: F401  (fastreid shims first)
 import numpy as np
 import torch
 
-from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked
+from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn
+from .rerank import exact_rerank_dist_fn, topk_rerank_dist_fn
 
 MSMT17 = dict(num_query=11659, num_gallery=82161, dim=2048, num_ids=3060, num_cams=15)
 
@@ -54,15 +57,21 @@ def _phase(fn):
 
 
 # ------------------------------------------------------------------ bench
-def make_data(num_query, num_gallery, dim, seed=0, num_ids=None, num_cams=15):
-    """Random features with MSMT17-like labels (uniform pids and cameras)."""
+def make_data(num_query, num_gallery, dim, seed=0, num_ids=None, num_cams=15, clustered=0.0):
+    """Random features with MSMT17-like labels (uniform pids and cameras). clustered > 0: each
+    feature is its identity's random centre + clustered x unit Gaussian noise (a k-reciprocal
+    graph with structure, for re-ranking)."""
     rng = np.random.default_rng(seed)
     num_ids = num_ids or max(1, num_gallery // 27)
     gen = torch.Generator().manual_seed(seed)
-    q_feat = torch.randn(num_query, dim, generator=gen)
-    g_feat = torch.randn(num_gallery, dim, generator=gen)
     labels = (rng.integers(0, num_ids, num_query), rng.integers(0, num_ids, num_gallery),
               rng.integers(0, num_cams, num_query), rng.integers(0, num_cams, num_gallery))
+    q_feat = torch.randn(num_query, dim, generator=gen)
+    g_feat = torch.randn(num_gallery, dim, generator=gen)
+    if clustered > 0:
+        centres = torch.randn(num_ids, dim, generator=gen)
+        q_feat.mul_(clustered).add_(centres[torch.from_numpy(labels[0])])
+        g_feat.mul_(clustered).add_(centres[torch.from_numpy(labels[1])])
     return q_feat, g_feat, labels
 
 
@@ -124,6 +133,64 @@ def bench_evaluator(num_query, num_gallery, dim, seed=0, metric="cosine",
     return res
 
 
+RERANK_NOISE = 4.0   # noise / identity-centre scale of the clustered features (mAP 0.39 plain)
+
+
+def bench_rerank(num_query, num_gallery, dim, seed=0, metric="cosine", k1=20, k2=6,
+                 lambda_value=0.3, method="fastreid", knn="auto", chunk_size=DEFAULT_CHUNK_SIZE,
+                 noise=None, topk=0):
+    """Exact re-ranked evaluation against its floor, the (Q+G) x (Q+G) similarity product (the
+    k-NN of every item), and against plain exact evaluation, in one run: seconds and peak RSS
+    (GB) of each, on clustered random features (`make_data(clustered=noise)`). topk > 0 also
+    runs METHOD topk with that many candidates and reports its metrics' deviation."""
+    noise = RERANK_NOISE if noise is None else noise
+    q_feat, g_feat, labels = make_data(num_query, num_gallery, dim, seed, clustered=noise)
+    res = {"num_query": num_query, "num_gallery": num_gallery, "dim": dim, "metric": metric,
+           "method": method, "k1": k1, "k2": k2, "lambda": lambda_value, "knn": knn,
+           "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "load_avg_1min_before": os.getloadavg()[0]}
+    x = torch.cat((q_feat, g_feat))
+    _, res["product_s"], res["product_peak_gb"], _ = _phase(lambda: bare_product(x, x, 1024))
+    del x
+    (cmc, ap, inp), res["plain_s"], res["plain_peak_gb"], _ = _phase(
+        lambda: evaluate_rank_chunked(q_feat, g_feat, *labels, metric=metric,
+                                      chunk_size=chunk_size))
+    res.update(plain_rank1=float(cmc[0]), plain_mAP=float(np.mean(ap)))
+
+    def rerank():
+        fn = exact_rerank_dist_fn(q_feat, g_feat, metric, k1, k2, lambda_value, method, knn)
+        return evaluate_rank_dist_fn(fn, *labels, chunk_size=chunk_size)
+    (cmc, ap, inp), res["rerank_s"], res["rerank_peak_gb"], res["rss_before_gb"] = _phase(rerank)
+    res.update(rank1=float(cmc[0]), mAP=float(np.mean(ap)), mINP=float(np.mean(inp)),
+               ratio_to_product=res["rerank_s"] / res["product_s"],
+               ratio_to_plain=res["rerank_s"] / res["plain_s"])
+    if topk > 0:
+        fn = topk_rerank_dist_fn(q_feat, g_feat, metric, k1, k2, lambda_value, topk)
+        (t_cmc, t_ap, _), res["topk_s"], res["topk_peak_gb"], _ = _phase(
+            lambda: evaluate_rank_dist_fn(fn, *labels, chunk_size=chunk_size))
+        res.update(topk=topk, topk_rank1=float(t_cmc[0]), topk_mAP=float(np.mean(t_ap)))
+    res["load_avg_1min_after"] = os.getloadavg()[0]
+    return res
+
+
+def _print_rerank(res):
+    print(f"exact re-ranking ({res['method']}, k1={res['k1']}, k2={res['k2']}, "
+          f"lambda={res['lambda']}, kNN {res['knn']}): {res['num_query']} queries x "
+          f"{res['num_gallery']} gallery, {res['dim']}-d clustered random features, "
+          f"{res['threads']} torch threads, load average {res['load_avg_1min_before']:.1f} before"
+          f" / {res['load_avg_1min_after']:.1f} after")
+    for name, key in (("(Q+G)^2 product", "product"), ("plain eval", "plain"),
+                      ("re-ranked eval", "rerank")):
+        print(f"  {name:16s} {res[key + '_s']:8.2f} s   peak RSS {res[key + '_peak_gb']:.2f} GB")
+    print(f"  re-ranked / product {res['ratio_to_product']:.2f}x, / plain "
+          f"{res['ratio_to_plain']:.2f}x; Rank-1 {res['rank1']:.4f} mAP {res['mAP']:.4f} "
+          f"(plain: {res['plain_rank1']:.4f} / {res['plain_mAP']:.4f})")
+    if "topk_s" in res:
+        print(f"  top-{res['topk']} approximation {res['topk_s']:.2f} s: Rank-1 "
+              f"{res['topk_rank1']:.4f} mAP {res['topk_mAP']:.4f} (exact - topk: Rank-1 "
+              f"{res['rank1'] - res['topk_rank1']:+.4f}, mAP {res['mAP'] - res['topk_mAP']:+.4f})")
+
+
 def _fmt(xs):
     return "[" + ", ".join(f"{x:.1f}" for x in xs) + "]"
 
@@ -159,7 +226,26 @@ def main(argv=None):
                    help="time fastreid's evaluator too (full matrix + argsort in RAM); default: "
                         f"only when that needs <= {FASTREID_AUTO_MAX_GB} GB")
     p.add_argument("--json", help="write the results to this path")
+    p.add_argument("--rerank", action="store_true",
+                   help="time exact re-ranked evaluation (clustered features) instead")
+    p.add_argument("--size", type=float, default=1.0,
+                   help="with --rerank: fraction of the MSMT17 test size (1 = 11659 x 82161)")
+    p.add_argument("--method", default="fastreid", choices=["fastreid", "zhong"])
+    p.add_argument("--knn", default="auto")
+    p.add_argument("--topk", type=int, default=0, help="with --rerank: also METHOD topk")
+    p.add_argument("--noise", type=float, default=RERANK_NOISE,
+                   help="with --rerank: noise / identity-centre scale of the features")
     args = p.parse_args(argv)
+    if args.rerank:
+        res = bench_rerank(max(1, round(MSMT17["num_query"] * args.size)),
+                           max(1, round(MSMT17["num_gallery"] * args.size)), args.dim,
+                           args.seed, args.metric, method=args.method, knn=args.knn,
+                           chunk_size=args.chunk_size, topk=args.topk, noise=args.noise)
+        _print_rerank(res)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return res
     sizes = dict(MSMT17) if args.msmt else dict(num_query=args.num_query,
                                                   num_gallery=args.num_gallery, dim=args.dim)
     res = bench_evaluator(**sizes, seed=args.seed, metric=args.metric, chunk_size=args.chunk_size,

@@ -10,7 +10,7 @@ from fastreid.evaluation.evaluator import DatasetEvaluator
 from fastreid.utils import comm
 
 from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn
-from .rerank import aqe_chunked, full_rerank_distmat, topk_rerank_dist_fn
+from .rerank import RERANK_METHODS, aqe_chunked, exact_rerank_dist_fn, topk_rerank_dist_fn
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 class DGReidEvaluator(DatasetEvaluator):
     """Drop-in for fastreid's ReidEvaluator: same inputs, same result keys, bounded memory.
 
-    Honours TEST.METRIC, TEST.AQE, TEST.RERANK (K1, K2, LAMBDA, TOPK) and TEST.CHUNK_SIZE.
+    Honours TEST.METRIC, TEST.AQE, TEST.RERANK (K1, K2, LAMBDA, METHOD, KNN, TOPK) and
+    TEST.CHUNK_SIZE.
     """
 
     def __init__(self, cfg, num_query, output_dir=None):
@@ -78,13 +79,18 @@ class DGReidEvaluator(DatasetEvaluator):
         if not test.RERANK.ENABLED:
             return evaluate_rank_chunked(q_feat, g_feat, *labels, metric=metric, chunk_size=chunk)
         rr = test.RERANK
-        topk = rr.get("TOPK", 100)
-        logger.info(f"Test with rerank setting (top-{topk} candidates)" if topk > 0
-                    else "Test with rerank setting (full matrix)")
-        if topk > 0:
+        method, topk = rr.get("METHOD", "fastreid"), rr.get("TOPK", 100)
+        if method not in RERANK_METHODS:
+            raise ValueError(f"TEST.RERANK.METHOD must be one of {RERANK_METHODS}, got {method!r}")
+        if method == "topk":
+            if topk <= 0:
+                raise ValueError(f"TEST.RERANK.TOPK must be > 0 with TEST.RERANK.METHOD topk, "
+                                 f"got {topk}")
+            logger.info(f"Test with rerank setting: top-{topk} approximation (not the papers' "
+                        "numbers)")
             dist_fn = topk_rerank_dist_fn(q_feat, g_feat, metric, rr.K1, rr.K2, rr.LAMBDA, topk)
         else:
-            dist = torch.from_numpy(full_rerank_distmat(q_feat, g_feat, metric, rr.K1, rr.K2,
-                                                        rr.LAMBDA))
-            dist_fn = lambda a, b: dist[a:b]  # noqa: E731
+            logger.info(f"Test with rerank setting: exact, {method} variant")
+            dist_fn = exact_rerank_dist_fn(q_feat, g_feat, metric, rr.K1, rr.K2, rr.LAMBDA,
+                                           method, rr.get("KNN", "auto"))
         return evaluate_rank_dist_fn(dist_fn, *labels, chunk_size=chunk)

@@ -1,18 +1,22 @@
 """Memory-bounded test-time post-processing: average query expansion and k-reciprocal re-ranking.
 
 `aqe_chunked` is fastreid's `aqe` computed over row chunks (fastreid builds the full
-(Q+G) x (Q+G) similarity matrix). `topk_rerank_dist_fn` re-ranks, per query, only its `topk`
-nearest gallery candidates with the k-reciprocal Jaccard distance (Zhong et al., CVPR 2017)
-computed on the local set {query} + candidates; `full_rerank_distmat` is fastreid's full-matrix
-version (all queries and gallery items as the graph), for small sets.
+(Q+G) x (Q+G) similarity matrix). `exact_rerank_dist_fn` is the exact k-reciprocal re-ranking
+(Zhong et al., CVPR 2017) over all queries and gallery items, fastreid's or the original code's
+variant, with sparse structures (`plugins.kreciprocal`, shared with clustering).
+`topk_rerank_dist_fn` is an opt-in approximation: per query, only its `topk` nearest gallery
+candidates, with the Jaccard distance computed on the local set {query} + candidates.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from plugins import kreciprocal as kr
+
 from .rank import feature_dist_fn
 
-__all__ = ["aqe_chunked", "topk_rerank_dist_fn", "full_rerank_distmat", "local_jaccard"]
+__all__ = ["aqe_chunked", "topk_rerank_dist_fn", "exact_rerank_dist_fn", "local_jaccard",
+           "RERANK_METHODS"]
 
 
 @torch.no_grad()
@@ -91,13 +95,65 @@ def topk_rerank_dist_fn(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_val
     return dist_fn
 
 
-@torch.no_grad()
-def full_rerank_distmat(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_value=0.3):
-    """fastreid's evaluator re-ranking: (1 - lambda) * jaccard + lambda * dist, full matrices."""
-    from fastreid.utils.compute_dist import build_dist
+RERANK_METHODS = ("fastreid", "zhong", "topk")
+
+
+def exact_rerank_dist_fn(q_feat, g_feat, metric="cosine", k1=20, k2=6, lambda_value=0.3,
+                         method="fastreid", knn="auto"):
+    """Exact k-reciprocal re-ranking (Zhong et al., CVPR 2017) with sparse structures.
+
+    Returns dist_fn(a, b) -> Tensor float32 [b - a, G], the re-ranked distances of queries a..b-1
+    to the whole gallery, for `evaluate_rank_dist_fn`; memory O((Q + G) x k1 x k2) besides the
+    features (the graph is all Q + G items, as both references build it).
+
+    method "fastreid" (fastreid's ReidEvaluator, `build_dist(metric="jaccard")`): Jaccard on the
+      features (L2-normalised when metric is cosine), lists of k1 items, weights
+      softmax(-squared Euclidean distance); (1 - lambda) Jaccard + lambda dist, dist = the
+      evaluator's metric distance (cosine: 1 - cos; euclidean: squared Euclidean).
+    method "zhong" (the original `re_ranking` as in torchreid and fastreid's
+      evaluation/rerank.py, called with the metric distances d): d^2 divided by its row maximum
+      over all Q + G items (nd) ranks, weights exp(-nd), lists of k1 + 1 items; (1 - lambda)
+      Jaccard + lambda nd.
+    Both: expansion sets of round(k1/2) + 1, query expansion over k2 neighbours, Jaccard 1 for
+    a gallery item sharing nothing with the query. Sets smaller than the lists are exact (the
+    lists are truncated, never padded). knn: `plugins.kreciprocal.knn_backend` name (an
+    approximate one, faiss-hnsw / faiss-ivf, makes the result approximate; not with zhong).
+    Raises ValueError for an unknown method / metric / backend.
+    """
+    if method not in ("fastreid", "zhong"):
+        raise ValueError(f"exact re-ranking method must be 'fastreid' or 'zhong', got {method!r}")
     q_feat, g_feat = torch.as_tensor(q_feat).float(), torch.as_tensor(g_feat).float()
-    dist = build_dist(q_feat, g_feat, metric)
-    if metric == "cosine":
-        q_feat, g_feat = F.normalize(q_feat, dim=1), F.normalize(g_feat, dim=1)
-    jaccard = build_dist(q_feat, g_feat, metric="jaccard", k1=k1, k2=k2)
-    return jaccard * (1 - lambda_value) + dist * lambda_value
+    num_q, num_g = len(q_feat), len(g_feat)
+    x = torch.cat((q_feat, g_feat))
+    if metric == "cosine":     # both references rank normalised features in that case
+        x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-12))   # F.normalize, without a copy
+    x = x.numpy()
+    k_half = int(np.around(k1 / 2)) + 1
+    sq = torch.from_numpy(x).pow(2).sum(dim=1).numpy()
+    pair = lambda r, c: kr.pair_sq_dist(x, r, c, sq)  # noqa: E731
+    if method == "fastreid":
+        idx, sqd, _ = kr.knn(x, k1, knn)
+        v = kr.encoding(idx, pair, k1, k_half, k2, sqd)
+    else:
+        idx, sqd, rmax = kr.knn(x, max(k1 + 1, k2), knn, row_max=True)
+        scale = 0.5 if metric == "cosine" else 1.0       # d = 1 - cos = |x - y|^2 / 2 there
+        denom = ((rmax.astype(np.float64) * scale) ** 2).astype(np.float32)
+        v = kr.encoding(idx, pair, k1 + 1, k_half, k2, sqd,
+                        weight_dist=lambda r, s2: (s2 * scale) ** 2 / denom[r])
+        denom_q = torch.from_numpy(denom[:num_q])
+    del x, sq, pair, idx, sqd     # peak memory: the (Q + G) x D copy goes before the next one
+    mass = kr.SharedMass(v, np.arange(num_q, num_q + num_g))
+    base = feature_dist_fn(q_feat, g_feat, metric, num_buffers=1)
+
+    @torch.no_grad()
+    def dist_fn(a, b):
+        d = base(a, b)
+        if method == "zhong":
+            d = d.pow(2).div_(denom_q[a:b, None])
+        s = mass.block(a, b)
+        jac = torch.ones(b - a, num_g)
+        rows = torch.from_numpy(np.repeat(np.arange(b - a), np.diff(s.indptr)))
+        jac[rows, torch.from_numpy(s.indices.astype(np.int64))] = torch.from_numpy(
+            kr.jaccard_from_mass(s.data, clamp=method == "fastreid"))
+        return jac.mul_(1 - lambda_value).add_(d * lambda_value)
+    return dist_fn
