@@ -1,0 +1,264 @@
+"""Exact resume: mid-epoch checkpoints, sampler positions, RNG states and SIGTERM.
+
+A checkpoint written by this toolbox holds, besides what fastreid saves (model, optimizer, LR
+schedulers): every optimizer and scheduler, the AMP scaler, the alternating schedule, the stateful
+hooks (plugins.engine.trainer._checkpointables), and, from this module,
+
+- ``"data"``: per training loader (the main one and each extra loader) the sampler's shuffle seed
+  and the number of batches the training step has consumed from it since the loader was (re)built;
+- ``"rng"``: the python, numpy and torch (and CUDA) RNG states of every rank;
+- ``"iter"``: the global iteration the resumed run starts with (``"epoch"`` keeps fastreid's meaning,
+  the last *completed* epoch).
+
+On ``--resume`` the loaders are rebuilt with the saved seeds and fast-forwarded by replaying their
+samplers (indices only, no image is read), the RNG states are put back just before the first step,
+and the interrupted epoch continues at the saved iteration without running its `before_epoch`
+hooks again (their effect, e.g. a clustering's pseudo labels, is in the restored hook state).
+On CPU with ``DATALOADER.NUM_WORKERS 0`` the resumed run then ends with parameters bit-identical to
+the uninterrupted run. With worker processes the data order is still exact, but the workers'
+augmentation RNG streams restart (torch seeds each worker from one draw per loader iterator).
+
+To make the sampler's position replayable, each training sampler runs on a private numpy RNG
+(`IsolatedSampler`): fastreid's samplers call ``np.random.seed(seed)`` and draw from the *global*
+numpy RNG, interleaved with whatever else draws from it, which no replay could reproduce.
+"""
+import logging
+import os
+import random
+import signal
+
+import numpy as np
+import torch
+from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
+from torch.utils.data import Sampler
+
+logger = logging.getLogger(__name__)
+
+SIGTERM_EXIT_CODE = 128 + signal.SIGTERM   # what a shell reports for a process ended by SIGTERM
+
+
+# ---------------------------------------------------------------- samplers
+class IsolatedSampler(Sampler):
+    """Wraps a (usually infinite) sampler so that it draws from a private numpy RNG, and can start
+    `skip` indices into its stream.
+
+    The wrapped sampler is iterated with the global numpy state swapped for the private one around
+    each index, so neither disturbs the other. `skip` (set before `iter()`, consumed by it) replays
+    that many indices first: the stream after the skip equals the stream of an uninterrupted
+    iteration. fastreid's samplers re-seed numpy with their `_seed` when iteration starts, so the
+    private state's initial value does not matter for them.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.skip = 0
+
+    @property
+    def seed(self):
+        return getattr(self.sampler, "_seed", None)
+
+    @seed.setter
+    def seed(self, value):
+        if value is not None and hasattr(self.sampler, "_seed"):
+            self.sampler._seed = int(value)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        skip, self.skip = int(self.skip), 0
+        private = np.random.RandomState(self.seed or 0).get_state()
+        inner = iter(self.sampler)
+        while True:
+            outer = np.random.get_state()
+            np.random.set_state(private)
+            try:
+                for _ in range(skip):
+                    next(inner)
+                skip = 0
+                value = next(inner)
+            except StopIteration:
+                return
+            finally:
+                private = np.random.get_state()
+                np.random.set_state(outer)
+            yield value
+
+
+def make_resumable(loader):
+    """Wrap `loader`'s sampler in an IsolatedSampler (in place; idempotent). Returns the wrapper,
+    or None for a loader without a batch sampler (it is then not resumed mid-stream)."""
+    bs = getattr(loader, "batch_sampler", None)
+    if bs is None or not hasattr(bs, "sampler"):
+        return None
+    if not isinstance(bs.sampler, IsolatedSampler):
+        bs.sampler = IsolatedSampler(bs.sampler)
+    return bs.sampler
+
+
+def loader_state(loader, consumed):
+    wrapper = make_resumable(loader)
+    return {"seed": None if wrapper is None else wrapper.seed, "batches": int(consumed)}
+
+
+def restart_at(loader, state):
+    """A fresh iterator over `loader` that yields what the loader's `state["batches"]`-th batch
+    onwards was (same seed), given the state saved by `loader_state`."""
+    wrapper = make_resumable(loader)
+    if wrapper is None:
+        if state["batches"]:
+            logger.warning(f"loader {type(loader).__name__} has no batch sampler: restarted from its beginning")
+        return iter(loader)
+    wrapper.seed = state["seed"]
+    wrapper.skip = state["batches"] * loader.batch_sampler.batch_size
+    return iter(loader)
+
+
+# ---------------------------------------------------------------- RNG
+def get_rng_state():
+    """This process's RNG states in a form `torch.load(weights_only=True)` accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGStates:
+    """Checkpointable: the RNG states of every rank, as last captured by `capture()` (a collective
+    in DDP: every rank must call it)."""
+
+    def __init__(self):
+        self.states = None
+        self.pending = None
+
+    def capture(self):
+        self.states = comm.all_gather(get_rng_state()) if comm.get_world_size() > 1 else [get_rng_state()]
+
+    def state_dict(self):
+        if self.states is None and comm.get_world_size() == 1:
+            self.capture()
+        return {"ranks": self.states or []}
+
+    def load_state_dict(self, state):
+        ranks = state.get("ranks") or []
+        if len(ranks) != comm.get_world_size():
+            logger.warning(f"checkpoint holds the RNG states of {len(ranks)} processes, this run has "
+                           f"{comm.get_world_size()}: RNG states not restored (the run continues, not bit-exactly)")
+            self.pending = None
+            return
+        self.pending = ranks[comm.get_rank()]
+
+    def restore(self):
+        """Put the loaded states back (call just before the first resumed step)."""
+        if self.pending is not None:
+            set_rng_state(self.pending)
+            self.pending = None
+
+
+# ---------------------------------------------------------------- hook
+class TrainingInterrupted(SystemExit):
+    """Raised (exit status 143) after a SIGTERM once the checkpoint is written."""
+
+
+class ResumeCheckpointer(HookBase):
+    """Mid-epoch checkpoints every `period_iters` iterations (0: none; fastreid's PeriodicCheckpointer
+    keeps writing the per-epoch ones) and a checkpoint on SIGTERM, then exit with status 143.
+
+    Registered on every rank (the RNG states are gathered), placed just before fastreid's
+    PeriodicCheckpointer so that the epoch checkpoints also carry this epoch's RNG states. A save
+    due at the last iteration of an epoch is written after that epoch's hooks (evaluation, LR step)
+    so that the checkpoint never sits between a step and its epoch-end work. Each mid-epoch file
+    (model_iter_NNNNNNN.pth, the number being the next iteration) replaces the previous one.
+    """
+
+    def __init__(self, checkpointer, rng, period_iters=0, handle_sigterm=True):
+        self.checkpointer = checkpointer
+        self.rng = rng
+        self.period = int(period_iters)
+        self.handle_sigterm = handle_sigterm
+        self._signalled = False
+        self._previous_handler = None
+        self._last_file = None
+        self._due_at_epoch_end = False
+
+    # -- signal
+    def _on_sigterm(self, signum, frame):
+        logger.warning("SIGTERM received: writing a checkpoint after the current iteration, then exiting")
+        self._signalled = True
+
+    def before_train(self):
+        if self.handle_sigterm:
+            try:
+                self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+            except ValueError:   # not the main thread: leave signals alone
+                self._previous_handler = None
+
+    def after_train(self):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _stop_requested(self):
+        flag = self._signalled
+        if comm.get_world_size() > 1:   # one rank signalled -> all stop at the same iteration
+            t = torch.tensor([1.0 if flag else 0.0])
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(t.item() > 0)
+        return flag
+
+    # -- saving
+    def save(self, next_iter):
+        t = self.trainer
+        self.rng.capture()
+        epoch_done = next_iter // t.iters_per_epoch - 1
+        name = f"model_iter_{next_iter:07d}"
+        self.checkpointer.save(name, epoch=epoch_done, iter=next_iter)
+        if comm.is_main_process():
+            if self._last_file and self._last_file != name:
+                path = os.path.join(self.checkpointer.save_dir, self._last_file + ".pth")
+                if os.path.exists(path):
+                    os.remove(path)
+            self._last_file = name
+        comm.synchronize()
+
+    def after_step(self):
+        t = self.trainer
+        next_iter = t.iter + 1
+        at_epoch_end = next_iter % t.iters_per_epoch == 0
+        stop = self._stop_requested()
+        due = self.period > 0 and next_iter % self.period == 0
+        if at_epoch_end:
+            self._due_at_epoch_end = due or stop
+            return
+        if due or stop:
+            self.save(next_iter)
+        if stop:
+            raise TrainingInterrupted(SIGTERM_EXIT_CODE)
+
+    def after_epoch(self):
+        t = self.trainer
+        next_iter = (t.epoch + 1) * t.iters_per_epoch
+        stop = self._stop_requested()
+        if (self._due_at_epoch_end or stop) and next_iter < t.max_iter:
+            self.save(next_iter)
+        else:
+            self.rng.capture()   # for fastreid's per-epoch checkpoint that follows
+        self._due_at_epoch_end = False
+        if stop and next_iter < t.max_iter:
+            raise TrainingInterrupted(SIGTERM_EXIT_CODE)
