@@ -1,6 +1,7 @@
-"""train_net.py's own multi-process launch on CPU (issue #16 item 1): 2 gloo processes started by
-`--num-gpus 2` train, and `--eval-only` gives exactly the metrics of 1 process; the evaluation's
-gather across ranks returns every test item once, in order, when the shards are uneven."""
+"""train_net.py's own multi-process launch on CPU (issue #16 items 1, 4): `--num-gpus 2` (gloo)
+`--eval-only` gives exactly the metrics of 1 process; a 2-process training preempted by SIGTERM and
+resumed ends bit-identical to the uninterrupted 2-process run; the evaluation's gather across ranks
+returns every test item once, in order, when the shards are uneven."""
 import json
 import os
 import subprocess
@@ -26,24 +27,74 @@ def _splits(out):
         return json.load(f)["splits"]
 
 
-def test_two_process_train_and_eval_only_match_one_process(synthetic_root, tmp_path):
-    common = ["--config-file", os.path.join(REPO, BASELINE), "DATASETS.ROOT", synthetic_root, *TINY,
-              "SOLVER.ITERS_PER_EPOCH", "2"]
-    train = tmp_path / "train2"
-    _train_net("--num-gpus", "2", "--dist-url", "auto", *common, "OUTPUT_DIR", str(train))
-    assert (train / "log.txt.rank1").exists()              # both ranks ran main()
-    weights = str(train / "model_final.pth")
-    assert torch.load(weights, weights_only=True)["epoch"] == 0
+def _random_weights(path, root):
+    from fastreid.utils.checkpoint import Checkpointer
+    from plugins.config import get_dg_cfg
+    from plugins.engine import DGTrainer
+    torch.manual_seed(0)
+    cfg = get_dg_cfg(os.path.join(REPO, BASELINE), ["DATASETS.ROOT", root, *TINY])
+    Checkpointer(DGTrainer.build_model(cfg), str(path.parent)).save(path.stem)
+    return str(path)
 
+
+def test_two_process_eval_only_matches_one_process(synthetic_root, tmp_path):
+    weights = _random_weights(tmp_path / "weights.pth", synthetic_root)
     one, two = tmp_path / "eval1", tmp_path / "eval2"
-    run_train_net(BASELINE, one, synthetic_root, "SOLVER.ITERS_PER_EPOCH", "2", "MODEL.WEIGHTS", weights,
-                  flags=["--eval-only"])
-    _train_net("--num-gpus", "2", "--dist-url", "auto", "--eval-only", *common, "OUTPUT_DIR", str(two),
-               "MODEL.WEIGHTS", weights)
+    run_train_net(BASELINE, one, synthetic_root, "MODEL.WEIGHTS", weights, flags=["--eval-only"])
+    _train_net("--num-gpus", "2", "--dist-url", "auto", "--eval-only", "--config-file", os.path.join(REPO, BASELINE),
+               "DATASETS.ROOT", synthetic_root, *TINY, "OUTPUT_DIR", str(two), "MODEL.WEIGHTS", weights)
+    assert (two / "log.txt.rank1").exists()                  # both ranks ran main()
     s1, s2 = _splits(one), _splits(two)
     assert list(s1) == list(s2) == ["SynthDomain3", "SynthDomain0"]
     for split in s1:
         assert s2[split] == s1[split], split                  # exactly, every metric
+
+
+# 2 epochs of 4 iterations on 2 processes; rank 0 sends SIGTERM to the launching process during
+# iteration KILL_AT, which forwards it to both workers: they agree on the iteration to stop after.
+DDP_RUN = ["SEED", "0", "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "4", "SOLVER.CHECKPOINT_PERIOD", "1",
+           "TEST.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD_ITERS", "2"]
+KILL_AT = 5
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from plugins.engine.step import DGStep
+_run_step = DGStep.run_step
+def run_step(self):
+    from fastreid.utils import comm
+    if self.iter == {kill_at} and comm.get_rank() == 0 and os.environ.get("KILL_LAUNCHER"):
+        os.kill(os.getppid(), signal.SIGTERM)
+    _run_step(self)
+DGStep.run_step = run_step   # spawned workers re-import this file as __mp_main__
+if __name__ == "__main__":
+    import train_net
+    train_net.cli(sys.argv[1:])
+"""
+
+
+def test_two_process_training_preempted_by_sigterm_resumes_bit_identically(synthetic_root, tmp_path):
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER.format(repo=REPO, kill_at=KILL_AT))
+
+    def run(out, *flags, kill=False):
+        env = dict(os.environ, KILL_LAUNCHER="1" if kill else "")
+        args = [sys.executable, str(script), "--num-gpus", "2", "--dist-url", "auto", *flags, "--config-file",
+                os.path.join(REPO, BASELINE), "DATASETS.ROOT", synthetic_root, *TINY, *DDP_RUN, "OUTPUT_DIR", str(out)]
+        return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert run(ref).returncode == 0
+    proc = run(cut, kill=True)
+    assert proc.returncode == 143, proc.stderr[-4000:]
+    files = sorted(f for f in os.listdir(cut) if f.startswith("model_iter_"))
+    assert files in (["model_iter_0000006.pth"], ["model_iter_0000007.pth"])   # KILL_AT or the next one
+    assert (cut / "last_checkpoint").read_text() == files[0]
+    assert len(torch.load(cut / files[0], weights_only=True)["rng"]["ranks"]) == 2
+    proc = run(cut, "--resume")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a = torch.load(ref / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(cut / "model_final.pth", weights_only=True)["model"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def _gather_worker(rank, world_size, n):

@@ -262,3 +262,29 @@ class ResumeCheckpointer(HookBase):
         self._due_at_epoch_end = False
         if stop and next_iter < t.max_iter:
             raise TrainingInterrupted(SIGTERM_EXIT_CODE)
+
+
+def launch_forwarding_sigterm(launch, main_func, num_gpus, **kwargs):
+    """fastreid's `launch`, with SIGTERM to the launching process passed on to the spawned workers
+    (each then checkpoints and exits 143) and their exit 143 turned into this process's exit 143
+    instead of a traceback. Single process: plain `launch`."""
+    if num_gpus * kwargs.get("num_machines", 1) <= 1:
+        return launch(main_func, num_gpus, **kwargs)
+    import multiprocessing
+
+    import torch.multiprocessing as mp
+
+    def forward(signum, frame):
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return launch(main_func, num_gpus, **kwargs)
+    except mp.ProcessExitedException as e:
+        if e.exit_code == SIGTERM_EXIT_CODE:
+            logger.warning("workers stopped on SIGTERM after writing a checkpoint: continue with --resume")
+            raise SystemExit(SIGTERM_EXIT_CODE) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
