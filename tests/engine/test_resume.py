@@ -110,3 +110,51 @@ def test_checkpoint_with_other_loaders_is_rejected_by_name():
     step._pending_data_state = {"main": {"seed": 1, "batches": 2}, "target": {"seed": 1, "batches": 2}}
     with pytest.raises(KeyError, match=r"\['main', 'target'\] differ from this run's \['main'\].*'data'"):
         step.restore_data_position()
+
+
+DOMAINMIX_SMALL = ["MODEL.BACKBONE.DEPTH", "18x", "MODEL.BACKBONE.FEAT_DIM", "512", "INPUT.SIZE_TRAIN", "[64, 32]",
+                   "INPUT.SIZE_TEST", "[64, 32]", "SOLVER.AMP.ENABLED", "False", "DOMAINMIX.PSEUDO.K1", "10",
+                   "DOMAINMIX.PSEUDO.K2", "3", "DOMAINMIX.PSEUDO.MIN_SAMPLES", "2", "DOMAINMIX.PSEUDO.MIN_SIZE", "2",
+                   "DOMAINMIX.PSEUDO.WEIGHTS", ""]
+METHODS = {
+    # threshold-driven phase switches on a validation subset, three optimizers; 9 iterations an epoch
+    "ADIN": ("projects/ADIN/configs/Synthetic/adin_cane.yml", 12,
+             ["INPUT.SIZE_TRAIN", "[32,16]", "INPUT.SIZE_TEST", "[32,16]", "ADIN.JOINT_ITERS", "2",
+              "ADIN.PRETRAIN_ITERS", "1", "ADIN.VAL.PERIOD", "2"]),
+    # clustering at epoch 0, stage 3 (backbone / discriminator epochs) from epoch 1; 3 iterations an epoch
+    "DomainMix": ("projects/DomainMix/configs/Synthetic/domainmix.yml", 7,
+                  DOMAINMIX_SMALL + ["DOMAINMIX.PSEUDO.START_EPOCH", "0", "DOMAINMIX.PSEUDO.PERIOD", "0",
+                                     "DOMAINMIX.STAGE3_START", "1", "DOMAINMIX.ALTERNATE.DISC_FIRST", "False"]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_state_survives_sigterm_and_resume_bit_identically(method, synthetic_root, tmp_path, monkeypatch):
+    """The alternating schedule, extra optimizers, pseudo labels and the rebuilt loaders are
+    restored: SIGTERM (to this process) mid-epoch, --resume, same parameters as without the cut."""
+    from plugins.engine.step import DGStep
+    config, kill_at, opts = METHODS[method]
+    opts = [*opts, "SEED", "0", "SOLVER.MAX_EPOCH", "3", "TEST.EVAL_PERIOD", "3"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run_train_net(config, ref, synthetic_root, *opts)
+    run_step, phases = DGStep.run_step, []
+
+    def killing_run_step(self):
+        phases.append(self.schedule.current_phase().name if self.schedule is not None else "train")
+        if self.iter == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_step(self)
+    monkeypatch.setattr(DGStep, "run_step", killing_run_step)
+    with pytest.raises(SystemExit) as stop:
+        run_train_net(config, cut, synthetic_root, *opts)
+    assert stop.value.code == 128 + signal.SIGTERM and len(phases) == kill_at + 1
+    expected_phases = {"ADIN": {"joint", "nuisance_pretrain", "adversarial", "identity"},   # a threshold switch
+                       "DomainMix": {"reid", "backbone", "disc"}}[method]                 # before the cut
+    assert set(phases) == expected_phases
+    assert (cut / "last_checkpoint").read_text() == f"model_iter_{kill_at + 1:07d}.pth"
+    monkeypatch.setattr(DGStep, "run_step", run_step)
+    run_train_net(config, cut, synthetic_root, *opts, flags=["--resume"])
+    a = torch.load(ref / "model_final.pth", weights_only=False)
+    b = torch.load(cut / "model_final.pth", weights_only=False)
+    assert b["schedule"] == a["schedule"]
+    assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == []
