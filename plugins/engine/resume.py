@@ -54,6 +54,11 @@ class IsolatedSampler(Sampler):
         self.sampler = sampler
         self.skip = 0
 
+    def __getattr__(self, name):   # the wrapped sampler's API (e.g. GraphSampler.publish) stays reachable
+        if name == "sampler":
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
     @property
     def seed(self):
         return getattr(self.sampler, "_seed", None)

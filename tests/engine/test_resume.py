@@ -158,3 +158,34 @@ def test_method_state_survives_sigterm_and_resume_bit_identically(method, synthe
     b = torch.load(cut / "model_final.pth", weights_only=False)
     assert b["schedule"] == a["schedule"]
     assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == []
+
+
+def test_tal_resumed_inside_an_epoch_samples_from_that_epochs_graph(synthetic_root, tmp_path, monkeypatch):
+    """TAL's graph (published before each epoch) is checkpointed and re-published on resume; the
+    batches themselves are not bit-identical (the plan's shuffles are drawn anew)."""
+    from plugins.engine.step import DGStep
+    from plugins.graph_sampler import GraphSampler
+    config = "projects/TAL/configs/Synthetic/tal.yml"
+    opts = ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "DATALOADER.NUM_INSTANCE", "4",
+            "SOLVER.IMS_PER_BATCH", "32", "SEED", "0", "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "3",
+            "TEST.EVAL_PERIOD", "2", "TAL.GRAPH.PERIOD", "1"]
+    run_step, plan, plans = DGStep.run_step, GraphSampler.plan, []
+
+    def killing_run_step(self):
+        if self.iter == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_step(self)
+
+    def recording_plan(self, distance=None):
+        plans.append(None if distance is None else torch.as_tensor(distance).clone())
+        return plan(self, distance)
+    monkeypatch.setattr(DGStep, "run_step", killing_run_step)
+    with pytest.raises(SystemExit):
+        run_train_net(config, tmp_path, synthetic_root, *opts)
+    ck = torch.load(tmp_path / "model_iter_0000005.pth", weights_only=True)
+    graph = ck["hook_GraphSamplerHook"]
+    assert graph["version"] == 2 and graph["distance"].shape[0] == graph["distance"].shape[1] > 1
+    monkeypatch.setattr(DGStep, "run_step", run_step)
+    monkeypatch.setattr(GraphSampler, "plan", recording_plan)
+    run_train_net(config, tmp_path, synthetic_root, *opts, flags=["--resume"])
+    assert plans and torch.equal(plans[0], graph["distance"])   # not random identities
