@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import signal
+import threading
 
 import numpy as np
 import torch
@@ -73,8 +74,16 @@ class IsolatedSampler(Sampler):
 
     def __iter__(self):
         skip, self.skip = int(self.skip), 0
-        private = np.random.RandomState(self.seed or 0).get_state()
         inner = iter(self.sampler)
+        if threading.current_thread() is not threading.main_thread():
+            # a prefetching loader (fastreid's CUDA DataLoaderX) runs the sampler in a background
+            # thread: swapping the global state there would race with the training thread, so the
+            # sampler draws from the global RNG as in fastreid (the position is still replayed)
+            for _ in range(skip):
+                next(inner)
+            yield from inner
+            return
+        private = np.random.RandomState(self.seed or 0).get_state()
         while True:
             outer = np.random.get_state()
             np.random.set_state(private)
@@ -254,7 +263,7 @@ class ResumeCheckpointer(HookBase):
         if due or stop:
             self.save(next_iter)
         if stop:
-            raise TrainingInterrupted(SIGTERM_EXIT_CODE)
+            self._interrupt()
 
     def after_epoch(self):
         t = self.trainer
@@ -266,7 +275,11 @@ class ResumeCheckpointer(HookBase):
             self.rng.capture()   # for fastreid's per-epoch checkpoint that follows
         self._due_at_epoch_end = False
         if stop and next_iter < t.max_iter:
-            raise TrainingInterrupted(SIGTERM_EXIT_CODE)
+            self._interrupt()
+
+    def _interrupt(self):
+        self.trainer.interrupted = True   # DGTrainer then skips the final evaluation of after_train
+        raise TrainingInterrupted(SIGTERM_EXIT_CODE)
 
 
 def launch_forwarding_sigterm(launch, main_func, num_gpus, **kwargs):

@@ -183,6 +183,8 @@ class DGTrainer(DefaultTrainer):
             ret.append(hooks.PreciseBN(self.model, build_dg_train_loader(pcfg), cfg.TEST.PRECISE_BN.NUM_ITER))
 
         def test_and_save_results():
+            if getattr(self, "interrupted", False):   # SIGTERM: fastreid's EvalHook.after_train would evaluate
+                return {}
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 

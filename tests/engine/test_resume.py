@@ -14,9 +14,9 @@ from tests.e2e_utils import REPO, TINY, run_train_net
 
 BASELINE = "configs/Synthetic/baseline.yml"
 # 2 epochs of 6 iterations, dropout-free baseline with random erasing (RNG in the data path),
-# a mid-epoch checkpoint every 3 iterations.
+# a mid-epoch checkpoint every 3 iterations; evaluation only at the end (fastreid's EvalHook.after_train).
 RUN = ["SEED", "0", "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "6", "SOLVER.STEPS", "[1]",
-       "SOLVER.CHECKPOINT_PERIOD_ITERS", "3", "TEST.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "1"]
+       "SOLVER.CHECKPOINT_PERIOD_ITERS", "3", "TEST.EVAL_PERIOD", "3", "SOLVER.CHECKPOINT_PERIOD", "1"]
 KILL_AT = 7   # global iteration (epoch 1, its second step) during which SIGTERM arrives
 
 KILLER = """
@@ -49,13 +49,15 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(synthetic_root, tmp_path
     assert sorted(f for f in os.listdir(cut) if f.startswith("model_iter_")) == ["model_iter_0000008.pth"]
     assert (cut / "last_checkpoint").read_text() == "model_iter_0000008.pth"
     assert not (cut / "model_final.pth").exists()
+    assert not (cut / "dg_results.json").exists()   # no evaluation of a half-trained model on the way out
     ck = torch.load(cut / "model_iter_0000008.pth", weights_only=True)
     assert (ck["iter"], ck["epoch"]) == (KILL_AT + 1, 0)
     assert ck["data"]["main"]["batches"] == KILL_AT + 1
     assert set(ck) >= {"model", "optimizer", "lr_sched", "warmup_sched", "data", "rng"}
 
-    run_train_net(BASELINE, cut, synthetic_root, *RUN, flags=["--resume"])
+    resumed = run_train_net(BASELINE, cut, synthetic_root, *RUN, flags=["--resume"])
     assert "Starting training from epoch 1, iteration 8" in (cut / "log.txt").read_text()
+    assert (cut / "dg_results.json").exists() and set(resumed) == {"SynthDomain3", "SynthDomain0", "average"}
     a = torch.load(ref / "model_final.pth", weights_only=True)
     b = torch.load(cut / "model_final.pth", weights_only=True)
     assert a["model"].keys() == b["model"].keys()
