@@ -124,3 +124,16 @@ def test_evaluation_gathers_uneven_shards_without_duplicates():
     (seen0, all0), (seen1, all1) = run_gloo(_gather_worker, 2, 7)
     assert (seen0, seen1) == ([0, 1, 2, 3], [4, 5, 6])
     assert all0 == list(range(7)) and all1 is None
+
+
+def test_launch_worker_pickles_by_reference():
+    """`Can't pickle local object 'fix_launch_cpu.<locals>._distributed_worker'` was the failure."""
+    import pickle
+
+    import fastreid.engine.launch as launch_mod
+    from plugins import compat
+    if compat._cuda():   # the shim is off on CUDA: fastreid's own worker runs
+        assert launch_mod._distributed_worker is not compat._gloo_worker
+        return
+    assert launch_mod._distributed_worker is compat._gloo_worker
+    assert pickle.loads(pickle.dumps(launch_mod._distributed_worker)) is compat._gloo_worker
