@@ -231,7 +231,8 @@ class ResumeCheckpointer(HookBase):
     def _stop_requested(self):
         flag = self._signalled
         if comm.get_world_size() > 1:   # one rank signalled -> all stop at the same iteration
-            t = torch.tensor([1.0 if flag else 0.0])
+            from plugins.alternating import comm_device   # (imports plugins.engine: not at module level)
+            t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             flag = bool(t.item() > 0)
         return flag
@@ -240,7 +241,7 @@ class ResumeCheckpointer(HookBase):
     def save(self, next_iter):
         t = self.trainer
         self.rng.capture()
-        epoch_done = next_iter // t.iters_per_epoch - 1
+        epoch_done = next_iter // max(t.iters_per_epoch, 1) - 1
         name = f"model_iter_{next_iter:07d}"
         self.checkpointer.save(name, epoch=epoch_done, iter=next_iter)
         if comm.is_main_process():
@@ -254,7 +255,7 @@ class ResumeCheckpointer(HookBase):
     def after_step(self):
         t = self.trainer
         next_iter = t.iter + 1
-        at_epoch_end = next_iter % t.iters_per_epoch == 0
+        at_epoch_end = next_iter % max(t.iters_per_epoch, 1) == 0
         stop = self._stop_requested()
         due = self.period > 0 and next_iter % self.period == 0
         if at_epoch_end:
