@@ -14,9 +14,9 @@ On ``--resume`` the loaders are rebuilt with the saved seeds and fast-forwarded 
 samplers (indices only, no image is read), the RNG states are put back just before the first step,
 and the interrupted epoch continues at the saved iteration without running its `before_epoch`
 hooks again (their effect, e.g. a clustering's pseudo labels, is in the restored hook state).
-On CPU with ``DATALOADER.NUM_WORKERS 0`` the resumed run then ends with parameters bit-identical to
-the uninterrupted run. With worker processes the data order is still exact, but the workers'
-augmentation RNG streams restart (torch seeds each worker from one draw per loader iterator).
+On CPU the resumed run then ends with parameters bit-identical to the uninterrupted run, with or
+without loader worker processes: each training item is loaded (augmented) with the RNGs seeded from
+its position in the sampler's stream (`SeededFetch`), not from a worker's running RNG.
 
 To make the sampler's position replayable, each training sampler runs on a private numpy RNG
 (`IsolatedSampler`): fastreid's samplers call ``np.random.seed(seed)`` and draw from the *global*
@@ -81,9 +81,13 @@ class IsolatedSampler(Sampler):
             # sampler draws from the global RNG as in fastreid (the position is still replayed)
             for _ in range(skip):
                 next(inner)
-            yield from inner
+            position = skip
+            for value in inner:
+                yield SeededIndex(value, (self._key, position))
+                position += 1
             return
         private = np.random.RandomState(self.seed or 0).get_state()
+        position = skip
         while True:
             outer = np.random.get_state()
             np.random.set_state(private)
@@ -97,17 +101,77 @@ class IsolatedSampler(Sampler):
             finally:
                 private = np.random.get_state()
                 np.random.set_state(outer)
-            yield value
+            yield SeededIndex(value, (self._key, position))
+            position += 1
+
+    @property
+    def _key(self):
+        return (int(self.seed or 0) * 1000003 + comm.get_rank()) % (2 ** 63)
+
+
+class SeededIndex(int):
+    """A dataset index carrying `key` = (sampler key, position in the sampler's stream)."""
+
+    def __new__(cls, value, key=None):
+        obj = super().__new__(cls, int(value))
+        obj.key = key
+        return obj
+
+    def __reduce__(self):
+        return SeededIndex, (int(self), self.key)
+
+
+class SeededFetch:
+    """Installed as the dataset's `__getitems__` (torch's fetcher calls it with a batch's indices,
+    in a worker or in the main process): each item is loaded with python, numpy and torch seeded
+    from its index's key, so its augmentation depends only on (sampler seed, rank, position), not
+    on which worker loads it or on how far that worker's RNG has run. That makes a resumed run's
+    augmentations exact with DATALOADER.NUM_WORKERS > 0. In the main process the training RNG
+    states are put back afterwards."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __call__(self, indices):
+        if torch.utils.data.get_worker_info() is None:   # main process: leave the training RNG as it was
+            if threading.current_thread() is not threading.main_thread():
+                # a prefetch thread (fastreid's CUDA DataLoaderX): seeding the global RNGs here would
+                # race with the training thread, so items load unseeded, as in fastreid
+                return [self.dataset[int(i)] for i in indices]
+            saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+            try:
+                return self._fetch(indices)
+            finally:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+        return self._fetch(indices)
+
+    def _fetch(self, indices):
+        out = []
+        for idx in indices:
+            key = getattr(idx, "key", None)
+            if key is not None:
+                seed = (key[0] * 1000003 + key[1]) % (2 ** 32)
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.manual_seed(seed)
+            out.append(self.dataset[int(idx)])
+        return out
 
 
 def make_resumable(loader):
-    """Wrap `loader`'s sampler in an IsolatedSampler (in place; idempotent). Returns the wrapper,
-    or None for a loader without a batch sampler (it is then not resumed mid-stream)."""
+    """Wrap `loader`'s sampler in an IsolatedSampler and seed each item's loading from its stream
+    position (SeededFetch), in place and idempotently. Returns the wrapper, or None for a loader
+    without a batch sampler (it is then not resumed mid-stream)."""
     bs = getattr(loader, "batch_sampler", None)
     if bs is None or not hasattr(bs, "sampler"):
         return None
     if not isinstance(bs.sampler, IsolatedSampler):
         bs.sampler = IsolatedSampler(bs.sampler)
+    ds = loader.dataset
+    if getattr(ds, "__getitems__", None) is None and not isinstance(ds, torch.utils.data.IterableDataset):
+        ds.__getitems__ = SeededFetch(ds)
     return bs.sampler
 
 

@@ -13,10 +13,12 @@ import torch
 from tests.e2e_utils import REPO, TINY, run_train_net
 
 BASELINE = "configs/Synthetic/baseline.yml"
-# 2 epochs of 6 iterations, dropout-free baseline with random erasing (RNG in the data path),
-# a mid-epoch checkpoint every 3 iterations; evaluation only at the end (fastreid's EvalHook.after_train).
+# 2 epochs of 6 iterations, baseline with random erasing (RNG in the data path) loaded by 2 worker
+# processes, a mid-epoch checkpoint every 3 iterations; evaluation only at the end (fastreid's
+# EvalHook.after_train). The in-process tests below cover NUM_WORKERS 0.
 RUN = ["SEED", "0", "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "6", "SOLVER.STEPS", "[1]",
-       "SOLVER.CHECKPOINT_PERIOD_ITERS", "3", "TEST.EVAL_PERIOD", "3", "SOLVER.CHECKPOINT_PERIOD", "1"]
+       "SOLVER.CHECKPOINT_PERIOD_ITERS", "3", "TEST.EVAL_PERIOD", "3", "SOLVER.CHECKPOINT_PERIOD", "1",
+       "DATALOADER.NUM_WORKERS", "2"]
 KILL_AT = 7   # global iteration (epoch 1, its second step) during which SIGTERM arrives
 
 KILLER = """
@@ -92,6 +94,29 @@ def test_isolated_sampler_skip_replays_the_stream_and_leaves_numpy_alone():
     s.skip = 23
     assert _stream(s, 14) == full[23:]
     assert s.skip == 0
+
+
+def test_seeded_fetch_depends_on_the_stream_position_only():
+    """An item's augmentation is a function of its index's key, whatever ran before; the main
+    process's RNG streams are left where they were."""
+    from plugins.engine.resume import SeededFetch, SeededIndex
+
+    class Noisy:
+        def __getitem__(self, i):
+            return (i, random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+    fetch = SeededFetch(Noisy())
+    idx = [SeededIndex(4, (7, 10)), SeededIndex(2, (7, 11))]
+    first = fetch(idx)
+    random.random(), np.random.rand(), torch.rand(5)          # move every stream on
+    assert fetch(idx) == first and [f[0] for f in first] == [4, 2]
+    assert first[0][1:] != first[1][1:]                        # positions differ -> draws differ
+    assert fetch([SeededIndex(4, (8, 10))])[0] != first[0]     # another sampler seed / rank
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    fetch(idx)
+    after = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    assert after == (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
 
 def test_rng_state_round_trip_survives_weights_only_load(tmp_path):
