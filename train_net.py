@@ -20,6 +20,7 @@ from plugins.checkpoint import load_model_weights
 from plugins.compat import fix_model_device
 from plugins.config import get_dg_cfg
 from plugins.engine import TRAINER_REGISTRY
+from plugins.engine.resume import launch_forwarding_sigterm
 from plugins.projects import project_packages
 
 LOGGED_PACKAGES = ["plugins", "datasets_ext"] + [name for _, name in project_packages()]
@@ -65,8 +66,8 @@ def main(args):
 def cli(argv=None):
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
-    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                  dist_url=args.dist_url, args=(args,))
+    return launch_forwarding_sigterm(launch, main, args.num_gpus, num_machines=args.num_machines,
+                                     machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 
 
 if __name__ == "__main__":

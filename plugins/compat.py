@@ -461,6 +461,33 @@ def fix_cython_compile_exit():
     _mark("cython_compile_exit")
 
 
+def _gloo_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args):
+    """fastreid's `_distributed_worker` on CPU: join a gloo group instead of NCCL on a GPU.
+    Module-level so `torch.multiprocessing.spawn` can pickle it by reference (a nested function
+    fails with "Can't pickle local object")."""
+    import torch.distributed as dist
+    from fastreid.utils import comm
+    apply()  # spawned workers start a fresh interpreter
+    rank = machine_rank * num_per_machine + local_rank
+    try:
+        dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=rank)
+    except Exception:
+        logger.error("Process group URL: %s (rank %d of %d)", dist_url, rank, world_size)
+        raise
+    comm.synchronize()
+    for i in range(world_size // num_per_machine):
+        group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
+        if i == machine_rank:
+            comm._LOCAL_PROCESS_GROUP = group
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+_gloo_worker._cpu_shim = True
+
+
 def fix_launch_cpu():
     """fastreid's `launch` asserts CUDA and uses NCCL: without CUDA, worker processes join a gloo
     group on CPU (multi-process DDP for tests and CPU-only machines)."""
@@ -469,22 +496,7 @@ def fix_launch_cpu():
     launch_mod = importlib.import_module("fastreid.engine.launch")
     if getattr(launch_mod._distributed_worker, "_cpu_shim", False):
         return
-
-    def _distributed_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args):
-        import torch.distributed as dist
-        from fastreid.utils import comm
-        apply()  # spawned workers start a fresh interpreter
-        rank = machine_rank * num_per_machine + local_rank
-        dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=rank)
-        for i in range(world_size // num_per_machine):
-            group = dist.new_group(list(range(i * num_per_machine, (i + 1) * num_per_machine)))
-            if i == machine_rank:
-                comm._LOCAL_PROCESS_GROUP = group
-        comm.synchronize()
-        main_func(*args)
-
-    _distributed_worker._cpu_shim = True
-    launch_mod._distributed_worker = _distributed_worker
+    launch_mod._distributed_worker = _gloo_worker
     _mark("launch_cpu_gloo")
 
 

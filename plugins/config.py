@@ -25,6 +25,9 @@ def add_dg_config(cfg):
     cfg.SOLVER.ITERS_PER_EPOCH = 0
     cfg.SOLVER.LR_MULTIPLIERS = []   # [[param-name prefix, factor], ...]; longest prefix wins
     cfg.SOLVER.NAN_CHECK = True      # stop on a non-finite loss term, naming it
+    # Also checkpoint every N iterations (model_iter_*.pth, each replacing the previous one) for exact
+    # mid-epoch --resume; 0: per epoch only (SOLVER.CHECKPOINT_PERIOD). SIGTERM always checkpoints.
+    cfg.SOLVER.CHECKPOINT_PERIOD_ITERS = 0
 
     # How gradients of several objectives combine on the shared parameters (hook point a).
     cfg.SOLVER.GRAD_COMBINE = CN()

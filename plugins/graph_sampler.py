@@ -145,10 +145,22 @@ class GraphSampler(Sampler):
 
 class GraphSamplerHook(HookBase):
     """Before every `period`-th epoch: distance_fn(representative indices) -> [n, n] distances
-    (computed here, in the training thread), published to the sampler."""
+    (computed here, in the training thread), published to the sampler.
+    Checkpointed: a resume publishes the graph in force again, so a run resumed inside an epoch
+    keeps sampling from that epoch's graph (not bit-identically: the plan's shuffles are drawn anew)."""
 
     def __init__(self, sampler, distance_fn, period=1):
         self.sampler, self.distance_fn, self.period = sampler, distance_fn, max(1, int(period))
+        self.distance = None   # the last published graph
+
+    def state_dict(self):
+        return {"distance": self.distance, "version": int(self.sampler.version)}
+
+    def load_state_dict(self, state):
+        if state["distance"] is not None:
+            self.distance = torch.as_tensor(state["distance"])
+            self.sampler.publish(self.distance)
+        self.sampler.version = int(state["version"])
 
     def before_epoch(self):
         epoch = getattr(self.trainer, "epoch", 0)
@@ -157,4 +169,5 @@ class GraphSamplerHook(HookBase):
         reps = self.sampler.representatives()
         dist = self.distance_fn(reps)
         self.sampler.publish(dist)
+        self.distance = torch.as_tensor(dist).detach().cpu()
         logger.info(f"graph sampler: new graph over {len(reps)} identities (epoch {epoch})")

@@ -26,6 +26,8 @@ from fastreid.utils.events import get_event_storage
 from plugins.data.loaders import shutdown_loader
 from plugins.registry import GRAD_COMBINERS, register_as
 
+from .resume import loader_state, make_resumable, restart_at
+
 logger = logging.getLogger(__name__)
 
 
@@ -81,10 +83,15 @@ class DGStep(SimpleTrainer):
     """Multi-objective, multi-optimizer step with gradient accumulation, surgery and AMP."""
 
     def __init__(self, cfg, model, data_loader, optimizers, extra_loaders=None, schedule=None):
+        make_resumable(data_loader)
         super().__init__(model, data_loader, optimizers["main"], None)
         self.optimizers = optimizers
         self.extra_loaders = dict(extra_loaders or {})
+        for loader in self.extra_loaders.values():
+            make_resumable(loader)
         self._extra_iters = {k: iter(v) for k, v in self.extra_loaders.items()}
+        self._consumed = dict.fromkeys(["main", *self.extra_loaders], 0)   # batches since (re)build
+        self._pending_data_state = None
         self.schedule = schedule
         self.accum_steps = max(1, cfg.SOLVER.ACCUM_STEPS)
         self.nan_check = cfg.SOLVER.NAN_CHECK
@@ -105,22 +112,57 @@ class DGStep(SimpleTrainer):
         """Replace the main loader (e.g. after re-clustering pseudo labels); the old one's
         background thread and worker processes are stopped first (plugins.data.shutdown_loader)."""
         _retire(self.data_loader, self._data_loader_iter, loader)
+        make_resumable(loader)
         self.data_loader = loader
         self._data_loader_iter = iter(loader)
+        self._consumed["main"] = 0
 
     def set_extra_loader(self, name, loader):
         """Replace (or add) the extra loader `name`, stopping the old one's thread and workers."""
         if name in self.extra_loaders:
             _retire(self.extra_loaders[name], self._extra_iters.get(name), loader)
+        make_resumable(loader)
         self.extra_loaders[name] = loader
         self._extra_iters[name] = iter(loader)
+        self._consumed[name] = 0
 
     def next_batch(self):
         data = next(self._data_loader_iter)
+        self._consumed["main"] += 1
         if self._extra_iters:
             data = dict(data)
             data["extra"] = {k: next(it) for k, it in self._extra_iters.items()}
+            for k in self._extra_iters:
+                self._consumed[k] += 1
         return data
+
+    # ------------------------------------------------------------------ resume (plugins.engine.resume)
+    def state_dict(self):
+        """{loader name: {"seed", "batches"}}: where each training loader's stream stands."""
+        loaders = {"main": self.data_loader, **self.extra_loaders}
+        return {k: loader_state(v, self._consumed[k]) for k, v in loaders.items()}
+
+    def load_state_dict(self, state):
+        """Kept until `restore_data_position` (after the hooks' before_train, which may rebuild loaders)."""
+        self._pending_data_state = dict(state)
+
+    def restore_data_position(self):
+        """Restart each loader at its saved seed and position. Raises KeyError naming the loaders
+        when the checkpoint's loaders differ from this run's."""
+        state, self._pending_data_state = self._pending_data_state, None
+        if state is None:
+            return
+        loaders = {"main": self.data_loader, **self.extra_loaders}
+        if set(state) != set(loaders):
+            raise KeyError(f"the checkpoint's training loaders {sorted(state)} differ from this run's "
+                           f"{sorted(loaders)} (checkpoint key 'data')")
+        for k, loader in loaders.items():
+            it = restart_at(loader, state[k])
+            if k == "main":
+                self._data_loader_iter = it
+            else:
+                self._extra_iters[k] = it
+            self._consumed[k] = state[k]["batches"]
 
     # ------------------------------------------------------------------ step
     def run_step(self):

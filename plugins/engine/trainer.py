@@ -7,8 +7,10 @@ constructor with factories a project overrides (all classmethods unless noted):
   build_schedule (alternating phases, instance method), build_extra_hooks (offline stages such as
   clustering, instance method), `checkpoint_optional_keys` (training-only parts a loaded checkpoint
   may lack, plugins/checkpoint.py), and `test` (several targets, 10-split protocols, test-time adaptation).
-Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks)
-goes into the checkpoint, so `--resume` continues from the last saved epoch in the same state.
+Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks,
+the training loaders' positions and the RNG states) goes into the checkpoint, written every epoch
+(SOLVER.CHECKPOINT_PERIOD) and every SOLVER.CHECKPOINT_PERIOD_ITERS iterations and on SIGTERM, so
+`--resume` continues the interrupted run exactly, mid-epoch included (plugins.engine.resume).
 """
 import logging
 import os
@@ -17,6 +19,7 @@ from collections import OrderedDict
 import torch
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import TrainerBase
+from fastreid.utils.events import EventStorage
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_lr_scheduler
 from fastreid.utils import comm
@@ -29,6 +32,7 @@ from plugins.data.build import build_dg_test_loader, build_dg_train_loader
 from plugins.registry import TEST_ADAPTERS, TRAINER_REGISTRY
 
 from .optim import build_optimizer
+from .resume import ResumeCheckpointer, RNGStates
 from .step import DGStep
 from .tta import run_inference
 
@@ -60,11 +64,13 @@ class DGTrainer(DefaultTrainer):
                            for k, opt in optimizers.items()}
         self.scheduler = self.schedulers["main"]
         self.extra_hooks = self.build_extra_hooks(cfg)
+        self.rng_states = RNGStates()
         self.checkpointer = StrictCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                                optional=self.checkpoint_optional_keys(cfg),
                                                allow_partial=cfg.MODEL.WEIGHTS_ALLOW_PARTIAL,
                                                **self._checkpointables())
         self.start_epoch = 0
+        self.resume_iter = None
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * self.iters_per_epoch
         self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
@@ -129,7 +135,51 @@ class DGTrainer(DefaultTrainer):
         for h in self.extra_hooks:
             if hasattr(h, "state_dict"):
                 state[f"hook_{type(h).__name__}"] = h
+        state["data"] = self._trainer        # loaders' seeds and positions
+        state["rng"] = self.rng_states
         return state
+
+    # ------------------------------------------------------------------ resume
+    def resume_or_load(self, resume=True):
+        """fastreid's, plus the iteration to start at: a mid-epoch checkpoint stores it as "iter"."""
+        checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_epoch = checkpoint.get("epoch", -1) + 1
+            self.resume_iter = int(checkpoint.get("iter", self.start_epoch * self.iters_per_epoch))
+
+    def train(self):
+        """fastreid's TrainerBase.train loop, able to start inside an epoch: the resumed epoch skips
+        its before_epoch hooks and its finished iterations. Loader positions and RNG states are
+        restored after the hooks' before_train (which may rebuild loaders), just before the first step."""
+        ipe = max(self.iters_per_epoch, 1)
+        start = self.start_epoch * ipe if self.resume_iter is None else self.resume_iter
+        first_epoch, offset = divmod(start, ipe)
+        logger.info(f"Starting training from epoch {first_epoch}" + (f", iteration {start}" if offset else ""))
+        self.iter = self.start_iter = start
+        with EventStorage(start) as self.storage:
+            try:
+                self.before_train()
+                self._trainer.restore_data_position()
+                self.rng_states.restore()
+                for self.epoch in range(first_epoch, self.max_epoch):
+                    if offset and self.epoch == first_epoch:
+                        self.storage.epoch = self.epoch
+                    else:
+                        self.before_epoch()
+                    for _ in range(offset if self.epoch == first_epoch else 0, self.iters_per_epoch):
+                        self.before_step()
+                        self.run_step()
+                        self.after_step()
+                        self.iter += 1
+                    self.after_epoch()
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        if comm.is_main_process():
+            assert hasattr(self, "_last_eval_results"), "No evaluation results obtained during training!"
+            return self._last_eval_results
 
     def build_hooks(self):
         cfg = self.cfg
@@ -147,10 +197,13 @@ class DGTrainer(DefaultTrainer):
             ret.append(hooks.PreciseBN(self.model, build_dg_train_loader(pcfg), cfg.TEST.PRECISE_BN.NUM_ITER))
 
         def test_and_save_results():
+            if getattr(self, "interrupted", False):   # SIGTERM: fastreid's EvalHook.after_train would evaluate
+                return {}
             self._last_eval_results = self.test(self.cfg, self.model)
             return self._last_eval_results
 
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        ret.append(ResumeCheckpointer(self.checkpointer, self.rng_states, cfg.SOLVER.CHECKPOINT_PERIOD_ITERS))
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
             ret.append(hooks.PeriodicWriter(self.build_writers(), 20))
