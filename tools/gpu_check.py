@@ -123,10 +123,14 @@ class Context:
         self.root = args.root
         self.tmp = args.tmp
         self.start = time.perf_counter()
-        self.deadline = self.start + args.budget
+        self.deadline = self.part_deadline = self.start + args.budget
 
     def left(self):
         return self.deadline - time.perf_counter()
+
+    def part_left(self):
+        """Seconds left to the running part (its own limit or the global guard)."""
+        return self.part_deadline - time.perf_counter()
 
     def sync(self):
         if self.gpu:
@@ -149,7 +153,7 @@ def part_steps(ctx):
     """One row per paper config: s/step, x baseline (median, per-round range), peak GPU memory."""
     torch = ctx.torch
     from plugins.bench import StepRunner, ratios, round_robin
-    rows, runners, peaks, failed = [], {}, {}, {}
+    rows, runners, peaks, failed, first = [], {}, {}, {}, {}
     for i, (name, (config, own)) in enumerate(PAPER_CONFIGS.items()):
         try:
             ctx.sync()
@@ -158,7 +162,7 @@ def part_steps(ctx):
                            opts=[*COMMON, *own, *ctx.opts(name)])
             if ctx.gpu:
                 torch.cuda.reset_peak_memory_stats()
-            r.run()   # first step, untimed: its high-water mark is the config's peak
+            first[name] = r.run()   # first step, untimed: its high-water mark is the config's peak
             if ctx.gpu:
                 peaks[name] = torch.cuda.max_memory_allocated() - before
             runners[name] = r
@@ -168,7 +172,10 @@ def part_steps(ctx):
             failed[name] = f"{type(e).__name__}: {e}"
     if "baseline" not in runners:
         raise RuntimeError(f"the baseline did not build: {failed.get('baseline')}")
-    times = round_robin({k: r.run for k, r in runners.items()}, ctx.args.rounds, warmup=1)
+    # rounds that fit the part's time (a round ~ the first steps, which include kernel selection)
+    per_round = sum(first.values())
+    rounds = int(min(ctx.args.rounds, max(2, (ctx.part_left() - 10) / max(per_round, 1e-6) - 1)))
+    times = round_robin({k: r.run for k, r in runners.items()}, rounds, warmup=1)
     rat = ratios(times)
     for name, (config, _own) in PAPER_CONFIGS.items():
         if name in failed:
@@ -272,10 +279,11 @@ def part_tal_qaconv(ctx, slice_s=None):
     from tal.evaluation import qaconv_dist_fn
     cfg = get_dg_cfg(os.path.join(REPO, "projects/TAL/configs/Protocol2/tal_to_M.yml"), ["MODEL.DEVICE", ctx.device])
     budget_mb, dtype = cfg.TAL.EVAL.MEMORY_MB, getattr(torch, cfg.TAL.EVAL.FEATURE_DTYPE)
-    size, (nq, ng), chunk = ((64, 32), (32, 128), 8) if ctx.tiny else (tuple(cfg.INPUT.SIZE_TEST), (3368, 15913), 128)
+    size, (nq, ng), max_chunk = ((64, 32), (32, 128), 8) if ctx.tiny else (tuple(cfg.INPUT.SIZE_TEST), (3368, 15913), 512)
+    chunk = 2
     if ctx.tiny:
         budget_mb = 64
-    slice_s = slice_s or (5 if ctx.tiny else 90)
+    slice_s = min(slice_s or (5 if ctx.tiny else 90), max(1, ctx.part_left() - 30))
     model = _model(size, ctx.device)
     qf = random_features(model, nq, 1, ctx.device, dtype)
     gf = random_features(model, ng, 2, ctx.device, dtype)
@@ -288,8 +296,13 @@ def part_tal_qaconv(ctx, slice_s=None):
             torch.cuda.reset_peak_memory_stats()
         t0, done = time.perf_counter(), 0
         while done < nq and time.perf_counter() - t0 < slice_s:
+            c0 = time.perf_counter()
             d = fn(done, min(nq, done + chunk))
-            done = min(nq, done + chunk)
+            n = min(nq, done + chunk) - done
+            done += n
+            # next chunk: ~1/10 of the slice at the rate just measured (a slow GPU stays inside it)
+            rate = n / max(time.perf_counter() - c0, 1e-6)
+            chunk = int(min(max_chunk, max(1, rate * slice_s / 10)))
         ctx.sync()
         secs = time.perf_counter() - t0
     assert d.shape[1] == ng, d.shape
@@ -399,8 +412,10 @@ def run_parts(ctx, parts, only=None):
                                   f"the part needs >= {least} s"})
             continue
         t0 = time.perf_counter()
+        seconds = left if ctx.tiny else min(limit, left)
+        ctx.part_deadline = t0 + seconds
         try:
-            with time_limit(min(limit, left) if not ctx.tiny else left, f"part {name}"):
+            with time_limit(seconds, f"part {name}"):
                 got = fn(ctx)
         except Exception as e:   # PartTimeout included: fail soft, keep going
             got = [{"part": name, "item": "-", "status": "error", "error": f"{type(e).__name__}: {e}",
@@ -424,7 +439,7 @@ SHOWN = {   # metrics printed in the table (everything is in the JSON)
     "loader_swaps": ["live_workers", "workers_per_loader", "loader"],
     "paoa_plus": ["adapt_s", "rel_change_mean", "rel_change_max", "peak_gpu_mb"],
     "tal_qaconv": ["pairs_per_s", "full_s_est", "queries_done", "peak_gpu_mb_above_resident", "memory_budget_mb"],
-    "clustering": ["knn_s", "encoding_s", "jaccard_s", "dbscan_s", "total_s", "knn"],
+    "clustering": ["knn_s", "encoding_s", "jaccard_s", "dbscan_s", "total_s", "knn", "clusters", "true_ids", "purity"],
     "train_net": ["rc", "seconds", "iterations_logged", "process_group", "result"],
 }
 
