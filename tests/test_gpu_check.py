@@ -119,6 +119,23 @@ def test_time_guard_skips_parts_that_no_longer_fit():
         "s of the 20 s budget left, the part needs >= 30 s")
 
 
+def test_a_config_failing_mid_benchmark_keeps_the_others():
+    gc = load_gpu_check()
+    calls, failed = [], {}
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("CUDA error: device-side assert")
+        return 0.5
+
+    run = gc._soft("PTL", flaky, failed)
+    got = [run() for _ in range(4)]
+    assert got[0] == 0.5 and all(v != v for v in got[1:])   # NaN after the failure
+    assert len(calls) == 2   # not called again once failed
+    assert failed == {"PTL": "ValueError: CUDA error: device-side assert"}
+
+
 @pytest.mark.parametrize("script", ["tools/gpu_check.sh", "tools/gpu_wheels.sh"])
 def test_shell_scripts_parse(script):
     res = subprocess.run(["bash", "-n", os.path.join(REPO, script)], capture_output=True, text=True)

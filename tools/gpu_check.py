@@ -175,10 +175,10 @@ def part_steps(ctx):
     # rounds that fit the part's time (a round ~ the first steps, which include kernel selection)
     per_round = sum(first.values())
     rounds = int(min(ctx.args.rounds, max(2, (ctx.part_left() - 10) / max(per_round, 1e-6) - 1)))
-    times = round_robin({k: r.run for k, r in runners.items()}, rounds, warmup=1)
+    times = round_robin({k: _soft(k, r.run, failed) for k, r in runners.items()}, rounds, warmup=1)
     rat = ratios(times)
     for name, (config, _own) in PAPER_CONFIGS.items():
-        if name in failed:
+        if name in failed or name not in times:
             rows.append({"part": "steps", "item": name, "status": "error", "error": failed[name],
                          "config": config})
             continue
@@ -198,6 +198,22 @@ def part_steps(ctx):
     if ctx.gpu:
         torch.cuda.empty_cache()
     return rows
+
+
+def _soft(name, run, failed):
+    """`run` that records its first exception in `failed[name]` and returns NaN from then on, so
+    one config breaking mid-benchmark leaves the others' timings."""
+    def wrapped():
+        if name in failed:
+            return float("nan")
+        try:
+            return run()
+        except PartTimeout:
+            raise
+        except Exception as e:
+            failed[name] = f"{type(e).__name__}: {e}"
+            return float("nan")
+    return wrapped
 
 
 def live_workers():
@@ -250,8 +266,9 @@ def part_paoa_plus(ctx):
     model = build_model(cfg).eval()
     (h, w) = cfg.INPUT.SIZE_TEST
     g = torch.Generator().manual_seed(0)
-    batch = {"images": torch.rand(n, 3, h, w, generator=g) * 255,
+    batch = {"images": torch.rand(n, 3, h, w, generator=g) * 255,      # on the device, as DataLoaderX gives it
              "saliency": (torch.rand(n, h, w, generator=g) > 0.5).long() * 255}
+    batch = {k: v.to(ctx.device) for k, v in batch.items()}
     adapter = TEST_ADAPTERS.get(cfg.TEST.ADAPT.NAME)(cfg)
     adapter.adapt(copy.deepcopy(model), dict(batch))   # untimed: kernel selection, allocator
     before = extract(model, batch)
