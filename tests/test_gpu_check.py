@@ -75,8 +75,28 @@ def test_cpu_dry_run_every_part(synthetic_root, tmp_path, capsys):
     assert "steps         PAOA " in table and "loader_swaps  DataLoaderX x3 swaps" in table
 
 
-def _ctx(gc, budget, tiny=False):
-    args = argparse.Namespace(device="cpu", tiny=tiny, root=None, tmp=None, budget=budget, rounds=2)
+def test_loader_swaps_report_a_leak(synthetic_root, tmp_path, monkeypatch):
+    """A swap that keeps the old loader's iterator (and so its workers) alive is reported: the
+    count grows by the loader's workers per swap and the row fails."""
+    from plugins.engine.step import DGStep
+    gc = load_gpu_check()
+    kept = []
+    original = DGStep.set_data_loader
+
+    def leaky(self, loader):
+        kept.append(self._data_loader_iter)
+        original(self, loader)
+
+    monkeypatch.setattr(DGStep, "set_data_loader", leaky)
+    ctx = _ctx(gc, 60, tiny=True, root=synthetic_root, tmp=str(tmp_path))
+    (row,) = gc.part_loader_swaps(ctx)
+    assert row["metrics"]["live_workers"] == [2, 4, 6, 8]
+    assert row["status"] == "FAIL (workers leak)"
+    kept.clear()
+
+
+def _ctx(gc, budget, tiny=False, root=None, tmp=None):
+    args = argparse.Namespace(device="cpu", tiny=tiny, root=root, tmp=tmp, budget=budget, rounds=2)
     return gc.Context(args)
 
 
