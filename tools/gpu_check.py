@@ -13,7 +13,8 @@ steps         each paper config (bagtricks baseline, PAOA, PTL, ADIN, DomainMix 
               benchmark's images (data loading excluded: batches drawn before timing), ImageNet
               weights off (random initialisation; no download). Built one after another: the peak
               GPU memory of a config is the allocator's high-water mark during its first step above
-              what was allocated before it was built. Then timed round-robin (plugins.bench
+              what was allocated before it was built. Then one warm-up round and up to --rounds
+              rounds (as many as fit the part's time), timed round-robin (plugins.bench
               StepRunner / round_robin / ratios): s/step = median over rounds, x baseline = median
               of the per-round ratios to the baseline step of the same round. PAOA's goal: <= 1.7x.
 loader_swaps  fastreid's DataLoaderX (the real one on CUDA) with DATALOADER.NUM_WORKERS workers,
@@ -153,7 +154,7 @@ def part_steps(ctx):
     """One row per paper config: s/step, x baseline (median, per-round range), peak GPU memory."""
     torch = ctx.torch
     from plugins.bench import StepRunner, ratios, round_robin
-    rows, runners, peaks, failed, first = [], {}, {}, {}, {}
+    rows, runners, peaks, failed = [], {}, {}, {}
     for i, (name, (config, own)) in enumerate(PAPER_CONFIGS.items()):
         try:
             ctx.sync()
@@ -162,7 +163,7 @@ def part_steps(ctx):
                            opts=[*COMMON, *own, *ctx.opts(name)])
             if ctx.gpu:
                 torch.cuda.reset_peak_memory_stats()
-            first[name] = r.run()   # first step, untimed: its high-water mark is the config's peak
+            r.run()   # first step, untimed: its high-water mark is the config's peak
             if ctx.gpu:
                 peaks[name] = torch.cuda.max_memory_allocated() - before
             runners[name] = r
@@ -172,10 +173,13 @@ def part_steps(ctx):
             failed[name] = f"{type(e).__name__}: {e}"
     if "baseline" not in runners:
         raise RuntimeError(f"the baseline did not build: {failed.get('baseline')}")
-    # rounds that fit the part's time (a round ~ the first steps, which include kernel selection)
-    per_round = sum(first.values())
-    rounds = int(min(ctx.args.rounds, max(2, (ctx.part_left() - 10) / max(per_round, 1e-6) - 1)))
-    times = round_robin({k: _soft(k, r.run, failed) for k, r in runners.items()}, rounds, warmup=1)
+    runs = {k: _soft(k, r.run, failed) for k, r in runners.items()}
+    t0 = time.perf_counter()
+    for run in runs.values():   # the warm-up round, timed to fit the rounds in the part's time
+        run()
+    per_round = time.perf_counter() - t0
+    rounds = int(min(ctx.args.rounds, max(2, (ctx.part_left() - 10) / max(per_round, 1e-6))))
+    times = round_robin(runs, rounds, warmup=0)
     rat = ratios(times)
     for name, (config, _own) in PAPER_CONFIGS.items():
         if name in failed or name not in times:
@@ -363,7 +367,7 @@ def part_train_net(ctx, iters=None):
            "DATALOADER.NUM_WORKERS", "2"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [REPO, os.environ.get("PYTHONPATH")] if p))
     t0 = time.perf_counter()
-    timeout = max(5, min(240, ctx.left() - 5))
+    timeout = max(5, ctx.part_left() - 15)   # under the part's own limit: the row keeps what happened
     try:
         res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         rc, tail = res.returncode, (res.stdout + res.stderr)[-600:]
