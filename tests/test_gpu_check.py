@@ -73,6 +73,8 @@ def test_cpu_dry_run_every_part(synthetic_root, tmp_path, capsys):
 
     table = capsys.readouterr().out
     assert "steps         PAOA " in table and "loader_swaps  DataLoaderX x3 swaps" in table
+    saved_table = (tmp_path / "gpu_check.txt").read_text()
+    assert saved_table == gc.format_table(report) + "\n" and saved_table in table
 
 
 def test_loader_swaps_report_a_leak(synthetic_root, tmp_path, monkeypatch):

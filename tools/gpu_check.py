@@ -526,7 +526,9 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=2, default=str)
-    print(f"[gpu_check] report: {out}")
+    with open(out[:-len(".json")] + ".txt", "w") as f:   # the printed table beside it
+        f.write(format_table(report) + "\n")
+    print(f"[gpu_check] report: {out} (table: {out[:-len('.json')]}.txt)")
     return report
 
 
