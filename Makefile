@@ -13,7 +13,7 @@ DATA ?= datasets
 
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench compare clean-venv
+.PHONY: setup demo test bench compare gpu-check gpu-wheels clean-venv
 
 setup: $(STAMP)
 
@@ -40,6 +40,13 @@ bench: setup
 
 compare: setup
 	$(PY) -m plugins.compare --root $(DATA)/compare --out output/compare
+
+# On the GPU machine (Python 3.12 + torch there; wheels carried in .whl/, see README "GPU check")
+gpu-check:
+	bash tools/gpu_check.sh
+
+gpu-wheels:
+	bash tools/gpu_wheels.sh
 
 clean-venv:
 	rm -rf $(VENV)

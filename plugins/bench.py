@@ -71,11 +71,12 @@ class _Prefetched:
 
 
 class StepRunner:
-    """One trainer built from a config, its batches drawn up front: `run()` times one training step."""
+    """One trainer built from a config (`opts`: KEY VALUE overrides), its batches drawn up front:
+    `run()` times one training step."""
 
-    def __init__(self, config_file, root, out_dir):
+    def __init__(self, config_file, root, out_dir, opts=()):
         os.makedirs(out_dir, exist_ok=True)
-        self.cfg = cfg = load_cfg(config_file, root, out_dir)
+        self.cfg = cfg = load_cfg(config_file, root, out_dir, opts)
         self.trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
         self.step = step = self.trainer._trainer
         step._data_loader_iter = _Prefetched([next(step._data_loader_iter) for _ in range(4)])

@@ -39,13 +39,17 @@ def openblas_coretype():
     return "SkylakeX" if " avx512f" in flags else "Haswell" if " avx2" in flags else None
 
 
-def measure(n, dim=2048):
-    """Seconds of each step (one process, this one) and the clustering's quality."""
+def measure(n, dim=2048, use_gpu=False):
+    """Seconds of each step (one process, this one) and the clustering's quality; `use_gpu`: the
+    kNN search as `pseudo_labels.knn_search` does it with that argument (True: GPU faiss, else
+    exact blockwise torch search on CUDA)."""
     from plugins import pseudo_labels as pl
     x, ids = clustered_features(n, dim)
     t0 = time.perf_counter()
     xn = pl._prepare(x)
-    rank, sims = pl.knn_search(xn, 30, use_gpu=False, return_sims=True)
+    rank, sims = pl.knn_search(xn, 30, use_gpu=use_gpu, return_sims=True)
+    if use_gpu and torch.cuda.is_available():
+        torch.cuda.synchronize()
     t1 = time.perf_counter()
     v = pl._encoding(xn, rank, sims, 30, 6)
     t2 = time.perf_counter()

@@ -34,13 +34,14 @@ def _model(input_size, device):
     return build_model(cfg).eval()
 
 
-def random_features(model, n, seed=0):
-    """Flat eval outputs with unit-norm maps (the layout of `model.inference_features`)."""
-    g = torch.Generator().manual_seed(seed)
+def random_features(model, n, seed=0, device="cpu", dtype=torch.float32):
+    """Flat eval outputs [n, D] with unit-norm maps (the layout of `model.inference_features`),
+    drawn on `device` and stored as `dtype` (e.g. TAL.EVAL.FEATURE_DTYPE float16)."""
+    g = torch.Generator(device=device).manual_seed(seed)
     parts = []
     for name, shape in model.feature_layout():
-        x = torch.randn(n, *shape, generator=g)
-        parts.append(torch.nn.functional.normalize(x, dim=-3 if name != "global" else 1).flatten(1))
+        x = torch.randn(n, *shape, generator=g, device=device)
+        parts.append(torch.nn.functional.normalize(x, dim=-3 if name != "global" else 1).flatten(1).to(dtype))
     return torch.cat(parts, dim=1)
 
 
