@@ -1,0 +1,164 @@
+"""datasets_ext.footage on a generated video: detector stub -> flags -> tracks -> Market tree ->
+DG_Footage, with exact expected tracks; the HOG detector's wiring; the apt fallback's errors."""
+import csv
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from datasets_ext import DG_Footage, check, footage
+from datasets_ext.bases import DatasetLayoutError
+
+W, H, T = 240, 170, 40
+BG = 128
+RED, BLUE, GREEN, YELLOW, MAGENTA, CYAN = ((0, 0, 230), (230, 0, 0), (0, 200, 0), (0, 220, 220),
+                                           (230, 0, 230), (230, 230, 0))
+
+
+def walkers(t):
+    """(colour, x1, y1, x2, y2) of every figure drawn in frame t (x2, y2 exclusive)."""
+    out = [(RED, 10 + 4 * t, 20, 26 + 4 * t, 60),          # A: left -> right
+           (BLUE, 214 - 4 * t, 30, 230 - 4 * t, 70)]       # B: right -> left, crosses A at t=24-28
+    if 5 <= t <= 10:
+        out.append((GREEN, 20 + 2 * t, 78, 36 + 2 * t, 118))       # C: too short a track
+    if t >= 15:
+        out.append((YELLOW, 200 - 2 * t, 78, 236 - 2 * t, 118))    # D: too wide (two people)
+    out.append((MAGENTA if t < 20 else CYAN, 10 + 3 * t, 125, 26 + 3 * t, 165))  # E: changes colour
+    return out
+
+
+def write_video(path):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, (W, H))
+    assert writer.isOpened()
+    for t in range(T):
+        frame = np.full((H, W, 3), BG, np.uint8)
+        for colour, x1, y1, x2, y2 in walkers(t):
+            frame[y1:y2, x1:x2] = colour
+        writer.write(frame)
+    writer.release()
+
+
+def blob_detector(frame):
+    """Stub detector: one box per connected region differing from the grey background."""
+    mask = (np.abs(frame.astype(int) - BG).sum(axis=2) > 60).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+    return np.array([[x, y, x + w, y + h, 1.0] for x, y, w, h, _ in stats[1:]], float).reshape(-1, 5)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("footage")
+    video = root / "walk.avi"
+    write_video(video)
+    summary = footage.build(str(root), str(video), detector=blob_detector, min_len=10)
+    return root, video, summary
+
+
+def test_detections_and_flags(built):
+    root, video, _ = built
+    dets, feats, n = footage.detect_video(str(video), blob_detector)
+    assert n == T and feats.shape == (len(dets), 128)
+    expected = sum(len(walkers(t)) for t in range(T)) - 4   # A and B merge into one blob at t=24..27
+    assert len(dets) == expected
+    reason = footage.flag_detections(dets)   # touch_margin 4 px
+    frames = dets[:, 0].astype(int)
+    # touching: A and B 4 px apart at t=23 and t=28 (12 px at t=22 and t=29)
+    assert sorted(frames[reason == "touching"].tolist()) == [23, 23, 28, 28]
+    # the merged A+B blob is 50 px tall where every walker is 40: the height prior rejects it
+    assert sorted(frames[reason == "height"].tolist()) == [24, 25, 26, 27]
+    assert sorted(frames[reason == "aspect"].tolist()) == list(range(15, 40))   # D: 36/40 wide
+    assert footage.fit_height_prior(dets) == pytest.approx((0.0, 40.0), abs=1e-6)
+
+
+def test_exact_tracks(built):
+    root, _, summary = built
+    with open(root / "footage" / "tracks.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    tracks = {}
+    for r in rows:
+        tracks.setdefault(int(r["pid"]), []).append((int(r["frame"]), int(r["x1"]), int(r["y1"])))
+    # A and B up to their touching frame; E cut where its colour changes; A and B again after
+    # they have parted; C (6 frames) below min_len; D never clean.
+    expected = [
+        [(t, 10 + 4 * t, 20) for t in range(0, 23)],
+        [(t, 214 - 4 * t, 30) for t in range(0, 23)],
+        [(t, 10 + 3 * t, 125) for t in range(0, 20)],
+        [(t, 10 + 3 * t, 125) for t in range(20, 40)],
+        [(t, 10 + 4 * t, 20) for t in range(29, 40)],
+        [(t, 214 - 4 * t, 30) for t in range(29, 40)],
+    ]
+    assert [tracks[pid] for pid in sorted(tracks)] == expected
+    assert summary["identities"] == 6 and summary["frames"] == T
+    assert summary["flagged"] == {"touching": 4, "aspect": 25, "height": 4}
+    # tracks before min_len: the 6 above, C, and nothing for D (never clean)
+    assert summary["tracks"] == 7
+
+
+def test_tree_and_protocol(built):
+    root, _, summary = built
+    q = sorted(os.listdir(root / "footage" / "query"))
+    g = sorted(os.listdir(root / "footage" / "bounding_box_test"))
+    # track 1 spans frames 0..22: queries in frames <= 7.33 every 4th (0, 4), gallery in frames
+    # >= 14.67 every 2nd counted from the end (16, 18, 20, 22)
+    assert [n for n in q if n.startswith("0001_")] == ["0001_c1s1_000000_00.jpg", "0001_c1s1_000004_00.jpg"]
+    assert [n for n in g if n.startswith("0001_")] == [f"0001_c2s1_{f:06d}_00.jpg" for f in (16, 18, 20, 22)]
+    # track 5 spans 29..39: queries 29..32 -> 29; gallery 36..39 -> 37, 39
+    assert [n for n in q if n.startswith("0005_")] == ["0005_c1s1_000029_00.jpg"]
+    assert [n for n in g if n.startswith("0005_")] == ["0005_c2s1_000037_00.jpg", "0005_c2s1_000039_00.jpg"]
+    assert (len(q), len(g)) == (summary["query_images"], summary["gallery_images"]) == (2 + 2 + 2 + 2 + 1 + 1, 4 + 4 + 4 + 4 + 2 + 2)
+    crop = cv2.imread(str(root / "footage" / "query" / "0001_c1s1_000004_00.jpg"))
+    assert crop.shape == (40, 16, 3)
+    assert np.abs(crop.astype(int) - RED).max() < 40   # JPEG; the crop is the red walker
+    protocol = json.loads((root / "footage" / "protocol.json").read_text())
+    assert protocol["identities"] == 6 and protocol["params"]["min_len"] == 10
+    sheet = cv2.imread(summary["contact_sheet"])
+    assert sheet.shape[0] == 6 * (96 + 4)
+
+
+def test_dataset_loader_and_check(built, capsys):
+    root, _, summary = built
+    data = DG_Footage(root=str(root), verbose=False)
+    assert data.train == []
+    assert len(data.query) == summary["query_images"] and len(data.gallery) == summary["gallery_images"]
+    assert {p for _, p, _, _ in data.query} == {p for _, p, _, _ in data.gallery} == set(range(1, 7))
+    assert {c for _, _, c, _ in data.query} == {0} and {c for _, _, c, _ in data.gallery} == {1}
+    assert check.main(["--root", str(root), "--dataset", "DG_Footage"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("DG_Footage"))
+    assert line.split()[1:6] == ["counts", "differ", "query", "10/" + str(DG_Footage.EXPECTED["query"][0]), "!"] \
+        or line.split()[1] == "ok"
+
+
+def test_missing_tree_names_the_command(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="python -m datasets_ext.footage"):
+        DG_Footage(root=str(tmp_path))
+
+
+def test_hog_detector_wiring(monkeypatch):
+    det = footage.HogDetector()
+    assert det.hog.winSize == (64, 128)
+    assert np.array_equal(det.hog.svmDetector.ravel(),
+                          np.asarray(cv2.HOGDescriptor_getDefaultPeopleDetector(), np.float32).ravel())
+    calls = {}
+
+    def fake(frame, winStride, padding, scale):
+        calls.update(shape=frame.shape, winStride=winStride, padding=padding, scale=scale)
+        return np.array([[10, 20, 64, 128], [100, 5, 32, 64]]), np.array([[1.5], [-0.2]])
+
+    monkeypatch.setattr(det, "hog", type("H", (), {"winSize": (64, 128), "detectMultiScale": staticmethod(fake)}))
+    boxes = det(np.zeros((200, 300, 3), np.uint8))
+    assert calls == {"shape": (200, 300, 3), "winStride": (8, 8), "padding": (8, 8), "scale": 1.05}
+    assert boxes.tolist() == [[10, 20, 74, 148, 1.5]]   # x1 y1 x2 y2 score; negative score dropped
+    assert footage.HogDetector()(np.full((160, 120, 3), 128, np.uint8)).shape == (0, 5)   # blank
+    assert footage.HogDetector()(np.full((96, 64, 3), 128, np.uint8)).shape == (0, 5)    # < window
+
+
+def test_fetch_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(footage.shutil, "which", lambda tool: None)
+    with pytest.raises(footage.FootageError, match="apt-get and dpkg not found.*--video PATH"):
+        footage.fetch_video(str(tmp_path))
+    (tmp_path / "vtest.avi").write_bytes(b"x")
+    assert footage.fetch_video(str(tmp_path)) == str(tmp_path / "vtest.avi")   # reused, no apt
+    with pytest.raises(SystemExit, match="cannot open video"):
+        footage.main(["--root", str(tmp_path), "--video", str(tmp_path / "vtest.avi")])
