@@ -15,12 +15,16 @@ Pipeline (every stage replaceable, so the tests can drive it with a stub detecto
    a box whose width/height ratio is outside ``aspect`` or whose height departs by more than
    ``height_tol`` from the height expected at its foot row (a straight line height = a*y_foot + b
    fitted robustly over all detections: the ground-plane prior of a fixed camera). HOG's boxes have
-   a fixed 1:2 shape, so two people walking side by side show up as one box too *tall* for its row;
+   a fixed 1:2 shape, so two people walking side by side can show up as one box too *tall* for its row;
 3. link frame to frame (``link_tracks``): a track takes a detection only if they are each other's
    only candidate (IoU with the track's last box >= ``iou_min``, appearance distance — Bhattacharyya
    distance of HSV histograms — <= ``max_app``) and the detection is clean; a track whose candidates
    are ambiguous or unclean is cut; a track unseen for more than ``max_gap`` frames ends;
-4. keep tracks of at least ``min_len`` detections, one identity each;
+4. keep tracks of at least ``min_len`` detections whose median foreground span (``foreground_span``:
+   width of what differs from the video's median background, over the box height) is at most
+   ``max_span`` — the cue that rejects two people walking side by side inside one normal-sized box
+   — then join tracks of one person cut apart by an encounter (``stitch_tracks``: a close start
+   in time and place and a similar appearance), one identity per chain of tracks;
 5. write a Market-1501-style tree ``DIR/footage/`` (see ``write_tree``), ``tracks.csv``,
    ``protocol.json`` and ``contact_sheet.png`` (every identity's crops, one row each).
 
@@ -147,18 +151,45 @@ def appearance_distance(a, b):
     return float(cv2.compareHist(np.float32(a), np.float32(b), cv2.HISTCMP_BHATTACHARYYA))
 
 
+def background(video, samples=50):
+    """Per-pixel median of ``samples`` frames evenly spread over the video (fixed camera: the empty
+    scene wherever nobody stands still for half the video); BGR HxWx3 uint8."""
+    cap = cv2.VideoCapture(video)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    step = max(1, count // samples)
+    frames = [f for i, f in read_frames(video) if i % step == 0]
+    return np.median(np.stack(frames), axis=0).astype(np.uint8)
+
+
+def foreground_span(frame, bg, box, diff=40, occupancy=0.15):
+    """Horizontal extent of a box's foreground divided by the box's height: columns where more
+    than ``occupancy`` of the box's pixels differ from the background ``bg`` by more than ``diff``
+    grey levels in some channel, from the first such column to the last. One walker in a HOG box
+    spans ~0.15-0.25 of the box height; two side by side ~0.3-0.4 (measured on vtest.avi)."""
+    x1, y1, x2, y2 = np.round(box[:4]).astype(int)
+    x1, y1 = max(0, x1), max(0, y1)
+    fg = np.abs(frame[y1:y2, x1:x2].astype(np.int16) - bg[y1:y2, x1:x2]).max(axis=2) > diff
+    cols = np.flatnonzero(fg.mean(axis=0) > occupancy) if fg.size else []
+    return (cols[-1] - cols[0] + 1) / max(y2 - y1, 1) if len(cols) else 0.0
+
+
 def detect_video(video, detector, progress=False):
-    """Run ``detector`` on every frame. Returns (dets, feats, num_frames): ``dets`` a float (N, 6)
-    array ``frame, x1, y1, x2, y2, score`` sorted by frame, ``feats`` the (N, 128) appearance rows."""
-    rows, feats, n, t0 = [], [], 0, time.time()
+    """Run ``detector`` on every frame. Returns (dets, feats, spans, num_frames): ``dets`` a float
+    (N, 6) array ``frame, x1, y1, x2, y2, score`` sorted by frame, ``feats`` the (N, 128) appearance
+    rows, ``spans`` the (N,) foreground spans against the video's median background."""
+    bg = background(video)
+    rows, feats, spans, n, t0 = [], [], [], 0, time.time()
     for i, frame in read_frames(video):
         for box in np.asarray(detector(frame), float).reshape(-1, 5):
             rows.append([i, *box])
             feats.append(appearance(frame, box))
+            spans.append(foreground_span(frame, bg, box))
         n = i + 1
         if progress and n % 100 == 0:
             print(f"  frame {n}: {len(rows)} detections, {time.time() - t0:.0f} s", flush=True)
-    return np.asarray(rows, float).reshape(-1, 6), np.asarray(feats, np.float32).reshape(-1, 128), n
+    return (np.asarray(rows, float).reshape(-1, 6), np.asarray(feats, np.float32).reshape(-1, 128),
+            np.asarray(spans, float), n)
 
 
 # ------------------------------------------------------------------ cleaning and linking
@@ -265,6 +296,45 @@ def link_tracks(dets, feats, clean, iou_min=0.3, max_app=0.5, max_gap=2):
     return sorted((tr[0] for tr in done), key=lambda rows: (dets[rows[0], 0], rows[0]))
 
 
+def stitch_tracks(dets, feats, tracks, max_gap=12, max_speed=0.1, max_app=0.25):
+    """Join tracks of one person cut apart by an encounter. Track B continues track A when B starts
+    1..``max_gap`` frames after A ends, B's first box centre lies within ``max_speed`` x (A's last
+    box height) x (frames between them) px of A's last box centre, and the Bhattacharyya distance
+    of their mean histograms is <= ``max_app``; candidate pairs are taken by increasing appearance
+    distance, each track continuing at most one and continued by at most one. Returns the chains
+    (lists of tracks, in time order), ordered by first frame."""
+    start = [dets[t[0], 0] for t in tracks]
+    end = [dets[t[-1], 0] for t in tracks]
+    centre = lambda r: (dets[r, 1:3] + dets[r, 3:5]) / 2  # noqa: E731
+    mean = [feats[t].mean(axis=0) for t in tracks]
+    pairs = []
+    for a in range(len(tracks)):
+        for b in range(len(tracks)):
+            gap = start[b] - end[a]
+            if not 1 <= gap <= max_gap:
+                continue
+            last = tracks[a][-1]
+            reach = max_speed * (dets[last, 4] - dets[last, 2]) * gap
+            if np.linalg.norm(centre(tracks[b][0]) - centre(last)) > reach:
+                continue
+            d = appearance_distance(mean[a], mean[b])
+            if d <= max_app:
+                pairs.append((d, a, b))
+    nxt, prev = {}, {}
+    for _, a, b in sorted(pairs):
+        if a not in nxt and b not in prev:
+            nxt[a], prev[b] = b, a
+    chains = []
+    for a in range(len(tracks)):
+        if a in prev:
+            continue
+        chain = [a]
+        while chain[-1] in nxt:
+            chain.append(nxt[chain[-1]])
+        chains.append([tracks[k] for k in chain])
+    return sorted(chains, key=lambda c: (dets[c[0][0], 0], c[0][0]))
+
+
 # ------------------------------------------------------------------ the dataset tree
 def split_track(frames, query_step=4, gallery_step=2):
     """(query positions, gallery positions) into a track's sorted ``frames``: the first and last
@@ -285,7 +355,7 @@ def image_name(pid, cam, frame):
 
 def write_tree(root, video, dets, tracks, query_step=4, gallery_step=2, margin=0):
     """Write ``root/footage/{bounding_box_train (empty), query, bounding_box_test}`` and
-    ``root/footage/tracks.csv``; identity k (1-based) is tracks[k-1]. Crops are the detection boxes
+    ``root/footage/tracks.csv``; identity k (1-based) is tracks[k-1] (sorted rows of ``dets``). Crops are the detection boxes
     (grown by ``margin`` px, clipped to the frame) cut from the video, JPEG. Returns the csv rows
     ``(pid, frame, x1, y1, x2, y2, score, subset)``, subset "query", "gallery" or "" (unused)."""
     out = osp.join(root, "footage")
@@ -352,30 +422,37 @@ def contact_sheet(root, path=None, per_row=12, cell=(48, 96)):
 
 
 def build(root, video, detector=None, min_len=12, iou_min=0.3, max_app=0.5, max_gap=2,
-          touch_margin=4.0, aspect=(0.3, 0.7), height_tol=0.2, query_step=4, gallery_step=2,
-          progress=False):
+          touch_margin=4.0, aspect=(0.3, 0.7), height_tol=0.2, max_span=0.28, stitch=True,
+          stitch_gap=12, max_speed=0.1, stitch_app=0.25, query_step=4, gallery_step=2, progress=False):
     """The whole pipeline (module docstring); returns the protocol summary written to
     ``root/footage/protocol.json``."""
     t0 = time.time()
     detector = detector or HogDetector()
-    dets, feats, num_frames = detect_video(video, detector, progress)
+    dets, feats, spans, num_frames = detect_video(video, detector, progress)
     t_detect = time.time() - t0
     reason = flag_detections(dets, touch_margin, aspect, height_tol)
     tracks = link_tracks(dets, feats, reason == "", iou_min, max_app, max_gap)
-    kept = [t for t in tracks if len(t) >= min_len]
-    rows = write_tree(root, video, dets, kept, query_step, gallery_step)
-    sheet = contact_sheet(root) if kept else None
+    long = [t for t in tracks if len(t) >= min_len]
+    # two people walking side by side in one box: the track's median foreground is too wide
+    kept = [t for t in long if np.median(spans[t]) <= max_span]
+    chains = stitch_tracks(dets, feats, kept, stitch_gap, max_speed, stitch_app) if stitch else [[t] for t in kept]
+    identities = [sorted(r for t in chain for r in t) for chain in chains]
+    rows = write_tree(root, video, dets, identities, query_step, gallery_step)
+    sheet = contact_sheet(root) if identities else None
     with open(video, "rb") as fh:
         sha = hashlib.sha256(fh.read()).hexdigest()
     summary = {
         "video": osp.abspath(video), "sha256": sha, "frames": num_frames,
         "detections": len(dets),
         "flagged": {r: int((reason == r).sum()) for r in ("touching", "aspect", "height")},
-        "tracks": len(tracks), "identities": len(kept),
+        "tracks": len(tracks), "tracks_min_len": len(long), "rejected_wide": len(long) - len(kept),
+        "identities": len(identities),
+        "stitched": [[pid, len(chain)] for pid, chain in enumerate(chains, 1) if len(chain) > 1],
         "query_images": sum(r[-1] == "query" for r in rows),
         "gallery_images": sum(r[-1] == "gallery" for r in rows),
         "params": dict(min_len=min_len, iou_min=iou_min, max_app=max_app, max_gap=max_gap,
-                       touch_margin=touch_margin, aspect=list(aspect), height_tol=height_tol,
+                       touch_margin=touch_margin, aspect=list(aspect), height_tol=height_tol, max_span=max_span,
+                       stitch=stitch, stitch_gap=stitch_gap, max_speed=max_speed, stitch_app=stitch_app,
                        query_step=query_step, gallery_step=gallery_step),
         "seconds": {"detect": round(t_detect, 1), "total": round(time.time() - t0, 1)},
         "contact_sheet": sheet,

@@ -11,7 +11,7 @@ import pytest
 from datasets_ext import DG_Footage, check, footage
 from datasets_ext.bases import DatasetLayoutError
 
-W, H, T = 240, 170, 40
+W, H, T = 240, 220, 40
 BG = 128
 RED, BLUE, GREEN, YELLOW, MAGENTA, CYAN = ((0, 0, 230), (230, 0, 0), (0, 200, 0), (0, 220, 220),
                                            (230, 0, 230), (230, 230, 0))
@@ -26,6 +26,8 @@ def walkers(t):
     if t >= 15:
         out.append((YELLOW, 200 - 2 * t, 78, 236 - 2 * t, 118))    # D: too wide (two people)
     out.append((MAGENTA if t < 20 else CYAN, 10 + 3 * t, 125, 26 + 3 * t, 165))  # E: changes colour
+    out += [(RED, 200 - 3 * t, 175, 213 - 3 * t, 215),    # G: two people side by side in one
+            (GREEN, 213 - 3 * t, 175, 226 - 3 * t, 215)]  # region, 26x40 (aspect 0.65 passes)
     return out
 
 
@@ -52,15 +54,17 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("footage")
     video = root / "walk.avi"
     write_video(video)
-    summary = footage.build(str(root), str(video), detector=blob_detector, min_len=10)
+    summary = footage.build(str(root), str(video), detector=blob_detector, min_len=10, max_span=0.5,
+                            max_speed=0.2)
     return root, video, summary
 
 
 def test_detections_and_flags(built):
     root, video, _ = built
-    dets, feats, n = footage.detect_video(str(video), blob_detector)
+    dets, feats, spans, n = footage.detect_video(str(video), blob_detector)
     assert n == T and feats.shape == (len(dets), 128)
-    expected = sum(len(walkers(t)) for t in range(T)) - 4   # A and B merge into one blob at t=24..27
+    # A and B merge into one blob at t=24..27; G's two halves are one region
+    expected = sum(len(walkers(t)) for t in range(T)) - 4 - T
     assert len(dets) == expected
     reason = footage.flag_detections(dets)   # touch_margin 4 px
     frames = dets[:, 0].astype(int)
@@ -70,51 +74,61 @@ def test_detections_and_flags(built):
     assert sorted(frames[reason == "height"].tolist()) == [24, 25, 26, 27]
     assert sorted(frames[reason == "aspect"].tolist()) == list(range(15, 40))   # D: 36/40 wide
     assert footage.fit_height_prior(dets) == pytest.approx((0.0, 40.0), abs=1e-6)
+    # foreground span = region width / box height against the median background (tight stub boxes)
+    ys = dets[:, 2].astype(int)
+    assert spans[(ys == 20) & (frames < 24)] == pytest.approx(16 / 40)          # A
+    assert spans[ys == 175] == pytest.approx(26 / 40)                           # G
+    assert len(spans[ys == 175]) == T
 
 
 def test_exact_tracks(built):
-    root, _, summary = built
+    root, video, summary = built
+    dets, feats, spans, _ = footage.detect_video(str(video), blob_detector)
+    tracks = footage.link_tracks(dets, feats, footage.flag_detections(dets) == "")
+    got = [[(int(dets[r, 0]), int(dets[r, 1]), int(dets[r, 2])) for r in t] for t in tracks]
+    # A and B up to their touching frame; E cut where its colour changes; A and B again after
+    # they have parted; C (6 frames); G (one wide region); D never clean.
+    a1, b1 = [(t, 10 + 4 * t, 20) for t in range(0, 23)], [(t, 214 - 4 * t, 30) for t in range(0, 23)]
+    e1, e2 = [(t, 10 + 3 * t, 125) for t in range(0, 20)], [(t, 10 + 3 * t, 125) for t in range(20, 40)]
+    g = [(t, 200 - 3 * t, 175) for t in range(0, 40)]
+    c = [(t, 20 + 2 * t, 78) for t in range(5, 11)]
+    a2, b2 = [(t, 10 + 4 * t, 20) for t in range(29, 40)], [(t, 214 - 4 * t, 30) for t in range(29, 40)]
+    assert got == [a1, b1, e1, g, c, e2, a2, b2]
+    assert (summary["tracks"], summary["tracks_min_len"], summary["rejected_wide"]) == (8, 7, 1)
+    # stitching: A2 continues A1 (7 frames later, 28 px away, same colour), B2 continues B1; E2
+    # (next frame, but another colour) does not continue E1, nor B2 A1 (10 px away, other colour)
     with open(root / "footage" / "tracks.csv") as fh:
         rows = list(csv.DictReader(fh))
-    tracks = {}
+    ids = {}
     for r in rows:
-        tracks.setdefault(int(r["pid"]), []).append((int(r["frame"]), int(r["x1"]), int(r["y1"])))
-    # A and B up to their touching frame; E cut where its colour changes; A and B again after
-    # they have parted; C (6 frames) below min_len; D never clean.
-    expected = [
-        [(t, 10 + 4 * t, 20) for t in range(0, 23)],
-        [(t, 214 - 4 * t, 30) for t in range(0, 23)],
-        [(t, 10 + 3 * t, 125) for t in range(0, 20)],
-        [(t, 10 + 3 * t, 125) for t in range(20, 40)],
-        [(t, 10 + 4 * t, 20) for t in range(29, 40)],
-        [(t, 214 - 4 * t, 30) for t in range(29, 40)],
-    ]
-    assert [tracks[pid] for pid in sorted(tracks)] == expected
-    assert summary["identities"] == 6 and summary["frames"] == T
-    assert summary["flagged"] == {"touching": 4, "aspect": 25, "height": 4}
-    # tracks before min_len: the 6 above, C, and nothing for D (never clean)
-    assert summary["tracks"] == 7
+        ids.setdefault(int(r["pid"]), []).append((int(r["frame"]), int(r["x1"]), int(r["y1"])))
+    assert [ids[pid] for pid in sorted(ids)] == [a1 + a2, b1 + b2, e1, e2]
+    assert summary["identities"] == 4 and summary["stitched"] == [[1, 2], [2, 2]]
+    assert summary["frames"] == T and summary["flagged"] == {"touching": 4, "aspect": 25, "height": 4}
+    no_stitch = footage.stitch_tracks(dets, feats, [t for t in tracks if len(t) >= 10], max_speed=0.1 * 27 / 28)
+    # A2 starts 28 px from A1's end, 7 frames later: out of reach below 0.1 box height (4 px) a frame
+    assert [len(chain) for chain in no_stitch] == [1] * 7   # the 7 tracks of >= 10 (G included)
 
 
 def test_tree_and_protocol(built):
     root, _, summary = built
     q = sorted(os.listdir(root / "footage" / "query"))
     g = sorted(os.listdir(root / "footage" / "bounding_box_test"))
-    # track 1 spans frames 0..22: queries in frames <= 7.33 every 4th (0, 4), gallery in frames
-    # >= 14.67 every 2nd counted from the end (16, 18, 20, 22)
-    assert [n for n in q if n.startswith("0001_")] == ["0001_c1s1_000000_00.jpg", "0001_c1s1_000004_00.jpg"]
-    assert [n for n in g if n.startswith("0001_")] == [f"0001_c2s1_{f:06d}_00.jpg" for f in (16, 18, 20, 22)]
-    # track 5 spans 29..39: queries 29..32 -> 29; gallery 36..39 -> 37, 39
-    assert [n for n in q if n.startswith("0005_")] == ["0005_c1s1_000029_00.jpg"]
-    assert [n for n in g if n.startswith("0005_")] == ["0005_c2s1_000037_00.jpg", "0005_c2s1_000039_00.jpg"]
-    assert (len(q), len(g)) == (summary["query_images"], summary["gallery_images"]) == (2 + 2 + 2 + 2 + 1 + 1, 4 + 4 + 4 + 4 + 2 + 2)
+    # identity 1 (A) spans frames 0..39 with 23..28 missing: queries in frames <= 13 every 4th
+    # (0, 4, 8, 12), gallery in frames >= 26 every 2nd counted from the end (29 .. 39)
+    assert [n for n in q if n.startswith("0001_")] == [f"0001_c1s1_{f:06d}_00.jpg" for f in (0, 4, 8, 12)]
+    assert [n for n in g if n.startswith("0001_")] == [f"0001_c2s1_{f:06d}_00.jpg" for f in range(29, 40, 2)]
+    # identity 3 (E1) spans 0..19: queries in 0..6 -> 0, 4; gallery in 13..19 -> 13, 15, 17, 19
+    assert [n for n in q if n.startswith("0003_")] == ["0003_c1s1_000000_00.jpg", "0003_c1s1_000004_00.jpg"]
+    assert [n for n in g if n.startswith("0003_")] == [f"0003_c2s1_{f:06d}_00.jpg" for f in (13, 15, 17, 19)]
+    assert (len(q), len(g)) == (summary["query_images"], summary["gallery_images"]) == (4 + 4 + 2 + 2, 6 + 6 + 4 + 4)
     crop = cv2.imread(str(root / "footage" / "query" / "0001_c1s1_000004_00.jpg"))
     assert crop.shape == (40, 16, 3)
     assert np.abs(crop.astype(int) - RED).max() < 40   # JPEG; the crop is the red walker
     protocol = json.loads((root / "footage" / "protocol.json").read_text())
-    assert protocol["identities"] == 6 and protocol["params"]["min_len"] == 10
+    assert protocol["identities"] == 4 and protocol["params"]["min_len"] == 10
     sheet = cv2.imread(summary["contact_sheet"])
-    assert sheet.shape[0] == 6 * (96 + 4)
+    assert sheet.shape[0] == 4 * (96 + 4)
 
 
 def test_dataset_loader_and_check(built, capsys):
@@ -122,7 +136,7 @@ def test_dataset_loader_and_check(built, capsys):
     data = DG_Footage(root=str(root), verbose=False)
     assert data.train == []
     assert len(data.query) == summary["query_images"] and len(data.gallery) == summary["gallery_images"]
-    assert {p for _, p, _, _ in data.query} == {p for _, p, _, _ in data.gallery} == set(range(1, 7))
+    assert {p for _, p, _, _ in data.query} == {p for _, p, _, _ in data.gallery} == {1, 2, 3, 4}
     assert {c for _, _, c, _ in data.query} == {0} and {c for _, _, c, _ in data.gallery} == {1}
     assert check.main(["--root", str(root), "--dataset", "DG_Footage"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("DG_Footage"))
