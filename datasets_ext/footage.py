@@ -174,11 +174,11 @@ def foreground_span(frame, bg, box, diff=40, occupancy=0.15):
     return (cols[-1] - cols[0] + 1) / max(y2 - y1, 1) if len(cols) else 0.0
 
 
-def detect_video(video, detector, progress=False):
+def detect_video(video, detector, progress=False, bg=None):
     """Run ``detector`` on every frame. Returns (dets, feats, spans, num_frames): ``dets`` a float
     (N, 6) array ``frame, x1, y1, x2, y2, score`` sorted by frame, ``feats`` the (N, 128) appearance
     rows, ``spans`` the (N,) foreground spans against the video's median background."""
-    bg = background(video)
+    bg = background(video) if bg is None else bg
     rows, feats, spans, n, t0 = [], [], [], 0, time.time()
     for i, frame in read_frames(video):
         for box in np.asarray(detector(frame), float).reshape(-1, 5):
@@ -353,13 +353,23 @@ def image_name(pid, cam, frame):
     return f"{pid:04d}_c{cam}s1_{frame:06d}_00.jpg"
 
 
-def write_tree(root, video, dets, tracks, query_step=4, gallery_step=2, margin=0):
+def foreground_mask(crop, bg_crop, diff=40):
+    """uint8 mask (255 = differs from the background by more than ``diff`` grey levels in some
+    channel), opened then closed with a 3x3 ellipse to drop speckle and fill small holes."""
+    fg = (np.abs(crop.astype(np.int16) - bg_crop).max(axis=2) > diff).astype(np.uint8) * 255
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    return cv2.morphologyEx(cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
+
+
+def write_tree(root, video, dets, tracks, query_step=4, gallery_step=2, margin=0, bg=None):
     """Write ``root/footage/{bounding_box_train (empty), query, bounding_box_test}`` and
     ``root/footage/tracks.csv``; identity k (1-based) is tracks[k-1] (sorted rows of ``dets``). Crops are the detection boxes
-    (grown by ``margin`` px, clipped to the frame) cut from the video, JPEG. Returns the csv rows
+    (grown by ``margin`` px, clipped to the frame) cut from the video, JPEG. With the background
+    ``bg``, each crop's foreground mask (foreground_mask, PNG) goes to ``root/footage/masks/<subset
+    folder>/<crop name>.png``: a reference for weak-label estimators. Returns the csv rows
     ``(pid, frame, x1, y1, x2, y2, score, subset)``, subset "query", "gallery" or "" (unused)."""
     out = osp.join(root, "footage")
-    for d in ("bounding_box_train", "query", "bounding_box_test"):
+    for d in ("bounding_box_train", "query", "bounding_box_test", "masks"):
         path = osp.join(out, d)
         if osp.isdir(path):
             shutil.rmtree(path)
@@ -383,6 +393,11 @@ def write_tree(root, video, dets, tracks, query_step=4, gallery_step=2, margin=0
             path = osp.join(out, d, image_name(pid, cam, i))
             if not cv2.imwrite(path, crop):
                 raise OSError(f"could not write {path}")
+            if bg is not None:
+                mask = foreground_mask(crop, bg[max(0, y1):min(h, y2), max(0, x1):min(w, x2)])
+                mpath = osp.join(out, "masks", d, osp.splitext(image_name(pid, cam, i))[0] + ".png")
+                os.makedirs(osp.dirname(mpath), exist_ok=True)
+                cv2.imwrite(mpath, mask)
     with open(osp.join(out, "tracks.csv"), "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["pid", "frame", "x1", "y1", "x2", "y2", "score", "subset"])
@@ -428,7 +443,8 @@ def build(root, video, detector=None, min_len=12, iou_min=0.3, max_app=0.5, max_
     ``root/footage/protocol.json``."""
     t0 = time.time()
     detector = detector or HogDetector()
-    dets, feats, spans, num_frames = detect_video(video, detector, progress)
+    bg = background(video)
+    dets, feats, spans, num_frames = detect_video(video, detector, progress, bg)
     t_detect = time.time() - t0
     reason = flag_detections(dets, touch_margin, aspect, height_tol)
     tracks = link_tracks(dets, feats, reason == "", iou_min, max_app, max_gap)
@@ -437,7 +453,7 @@ def build(root, video, detector=None, min_len=12, iou_min=0.3, max_app=0.5, max_
     kept = [t for t in long if np.median(spans[t]) <= max_span]
     chains = stitch_tracks(dets, feats, kept, stitch_gap, max_speed, stitch_app) if stitch else [[t] for t in kept]
     identities = [sorted(r for t in chain for r in t) for chain in chains]
-    rows = write_tree(root, video, dets, identities, query_step, gallery_step)
+    rows = write_tree(root, video, dets, identities, query_step, gallery_step, bg=bg)
     sheet = contact_sheet(root) if identities else None
     with open(video, "rb") as fh:
         sha = hashlib.sha256(fh.read()).hexdigest()

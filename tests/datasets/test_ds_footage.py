@@ -125,6 +125,9 @@ def test_tree_and_protocol(built):
     crop = cv2.imread(str(root / "footage" / "query" / "0001_c1s1_000004_00.jpg"))
     assert crop.shape == (40, 16, 3)
     assert np.abs(crop.astype(int) - RED).max() < 40   # JPEG; the crop is the red walker
+    mask = cv2.imread(str(root / "footage" / "masks" / "query" / "0001_c1s1_000004_00.png"), cv2.IMREAD_GRAYSCALE)
+    assert mask.shape == (40, 16) and (mask == 255).all()   # the stub's box is the figure itself
+    assert len(os.listdir(root / "footage" / "masks" / "bounding_box_test")) == len(g)
     protocol = json.loads((root / "footage" / "protocol.json").read_text())
     assert protocol["identities"] == 4 and protocol["params"]["min_len"] == 10
     sheet = cv2.imread(summary["contact_sheet"])
