@@ -141,10 +141,10 @@ def test_dataset_loader_and_check(built, capsys):
     assert len(data.query) == summary["query_images"] and len(data.gallery) == summary["gallery_images"]
     assert {p for _, p, _, _ in data.query} == {p for _, p, _, _ in data.gallery} == {1, 2, 3, 4}
     assert {c for _, _, c, _ in data.query} == {0} and {c for _, _, c, _ in data.gallery} == {1}
-    assert check.main(["--root", str(root), "--dataset", "DG_Footage"]) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("DG_Footage"))
-    assert line.split()[1:6] == ["counts", "differ", "query", "10/" + str(DG_Footage.EXPECTED["query"][0]), "!"] \
-        or line.split()[1] == "ok"
+    assert check.main(["--root", str(root), "--dataset", "DG_Footage"]) == 0   # differing counts: not malformed
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines()]
+    assert ["DG_Footage", "counts", "differ", "query", "12/57", "!", "4/17", "!", "1/1"] in lines
+    assert ["gallery", "20/101", "!", "4/17", "!", "1/1"] in lines
 
 
 def test_missing_tree_names_the_command(tmp_path):
