@@ -53,6 +53,7 @@ $(DEMO_OUT)/model_final.pth:
 footage: setup $(DEMO_OUT)/model_final.pth
 	$(PY) -m datasets_ext.footage --root $(DATA) $(if $(FOOTAGE_VIDEO),--video $(FOOTAGE_VIDEO),)
 	$(PY) -m datasets_ext.check --root $(DATA) --dataset DG_Footage
+	$(PY) -m datasets_ext.footage --root $(DATA) --references
 	$(PY) train_net.py --config-file $(DEMO_CFG) --eval-only MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth \
 		DATASETS.ROOT $(DATA) DATASETS.TESTS '("DG_Footage",)' OUTPUT_DIR $(FOOTAGE_OUT)
 	$(PY) -m plugins.evaluation.rank_list --config-file $(DEMO_CFG) --weights $(DEMO_OUT)/model_final.pth \

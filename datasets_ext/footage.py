@@ -478,13 +478,53 @@ def build(root, video, detector=None, min_len=12, iou_min=0.3, max_app=0.5, max_
     return summary
 
 
+def references(root, draws=200, seed=0):
+    """Two no-model references on the built target ``root/footage`` (query vs gallery), scored by
+    fastreid's ``evaluate_rank`` (percent): ``hsv`` ranks by the Bhattacharyya distance of the
+    crops' HSV histograms (``appearance`` over the whole crop: the tracker's own cue, so it is
+    favoured), ``chance`` is the mean of ``draws`` uniformly random rankings (Rank-1 and mAP)."""
+    from fastreid.evaluation.rank import evaluate_rank
+    from .market_style import DG_Footage
+    data = DG_Footage(root=root, verbose=False)
+
+    def arrays(items):
+        return np.array([it[1] for it in items]), np.array([it[2] for it in items])
+
+    (qp, qc), (gp, gc) = arrays(data.query), arrays(data.gallery)
+
+    def feature(path):
+        img = cv2.imread(path)
+        return appearance(img, np.array([0, 0, img.shape[1], img.shape[0]]))
+
+    qf, gf = [feature(it[0]) for it in data.query], [feature(it[0]) for it in data.gallery]
+    dist = np.array([[appearance_distance(a, b) for b in gf] for a in qf], np.float32)
+    cmc, ap, inp = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, use_metric_cuhk03=False, use_cython=False)
+    out = {"hsv": {"Rank-1": 100 * cmc[0], "Rank-5": 100 * cmc[4], "Rank-10": 100 * cmc[9],
+                   "mAP": 100 * np.mean(ap), "mINP": 100 * np.mean(inp)}}
+    rng, r1, maps = np.random.default_rng(seed), [], []
+    for _ in range(draws):
+        cmc, ap, _ = evaluate_rank(rng.random(dist.shape).astype(np.float32), qp, gp, qc, gc,
+                                   max_rank=10, use_metric_cuhk03=False, use_cython=False)
+        r1.append(100 * cmc[0])
+        maps.append(100 * np.mean(ap))
+    out["chance"] = {"Rank-1": float(np.mean(r1)), "mAP": float(np.mean(maps)), "draws": draws}
+    out["hsv"] = {k: round(float(v), 2) for k, v in out["hsv"].items()}
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="datasets root; writes ROOT/footage/")
     p.add_argument("--video", help="vtest.avi (default: ROOT/footage_src/vtest.avi, unpacked from "
                                    "Debian's opencv-doc package when absent)")
     p.add_argument("--min-len", type=int, default=12, help="minimum detections per kept track")
+    p.add_argument("--references", action="store_true",
+                   help="only score the no-model references on an existing ROOT/footage (see references())")
     args = p.parse_args(argv)
+    if args.references:
+        refs = references(args.root)
+        print(json.dumps(refs, indent=1))
+        return refs
     try:
         video = args.video or fetch_video(osp.join(args.root, "footage_src"))
         if not osp.isfile(video):

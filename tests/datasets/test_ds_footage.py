@@ -147,6 +147,21 @@ def test_dataset_loader_and_check(built, capsys):
     assert ["gallery", "20/101", "!", "4/17", "!", "1/1"] in lines
 
 
+def test_references(built):
+    root, _, _ = built
+    refs = footage.main(["--root", str(root), "--references"])
+    # every identity has its own colour (E1 magenta, E2 cyan, A red, B blue): histograms are exact
+    assert refs["hsv"] == {"Rank-1": 100.0, "Rank-5": 100.0, "Rank-10": 100.0, "mAP": 100.0, "mINP": 100.0}
+    # chance: E[AP] of a uniformly random ranking of N items with R relevant is
+    # (H_N + (R - 1) / (N - 1) * (N - H_N)) / N; N = 20 gallery images, R = 6 for the 8 queries of
+    # A and B, R = 4 for the 4 of E1 and E2; E[Rank-1] = R / N
+    n, h = 20, sum(1 / k for k in range(1, 21))
+    expected_ap = lambda r: (h + (r - 1) / (n - 1) * (n - h)) / n  # noqa: E731
+    assert refs["chance"]["mAP"] == pytest.approx(100 * (8 * expected_ap(6) + 4 * expected_ap(4)) / 12, abs=1.0)
+    assert refs["chance"]["Rank-1"] == pytest.approx(100 * (8 * 6 + 4 * 4) / 12 / n, abs=2.0)
+    assert refs["chance"]["draws"] == 200
+
+
 def test_missing_tree_names_the_command(tmp_path):
     with pytest.raises(DatasetLayoutError, match="python -m datasets_ext.footage"):
         DG_Footage(root=str(tmp_path))
