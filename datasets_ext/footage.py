@@ -363,8 +363,9 @@ def foreground_mask(crop, bg_crop, diff=40):
 
 def write_tree(root, video, dets, tracks, query_step=4, gallery_step=2, margin=0, bg=None):
     """Write ``root/footage/{bounding_box_train (empty), query, bounding_box_test}`` and
-    ``root/footage/tracks.csv``; identity k (1-based) is tracks[k-1] (sorted rows of ``dets``). Crops are the detection boxes
-    (grown by ``margin`` px, clipped to the frame) cut from the video, JPEG. With the background
+    ``root/footage/tracks.csv``; identity k (1-based) is tracks[k-1] (sorted rows of ``dets``).
+    Crops are the detection boxes (grown by ``margin`` px, clipped to the frame) cut from the video,
+    JPEG. With the background
     ``bg``, each crop's foreground mask (foreground_mask, PNG) goes to ``root/footage/masks/<subset
     folder>/<crop name>.png``: a reference for weak-label estimators. Returns the csv rows
     ``(pid, frame, x1, y1, x2, y2, score, subset)``, subset "query", "gallery" or "" (unused)."""

@@ -137,10 +137,11 @@ def main(argv=None):
         stats = run(args.root, args.out, args.methods, args.num)
     except FileNotFoundError as e:
         sys.exit(f"paoa.real_crops: {e}")
-    table = [[v, m] + [s[k] for k in ("centre_col", "ref_centre_col", "border", "ref_border", "iou", "n")]
-             for v in ("detector", "tight") for m, s in stats.get(v, {}).items()]
-    print(f"{stats['crops']} crops of {osp.join(args.root, 'footage')}; estimate >= 128 = person; ref = foreground mask")
-    print(tabulate(table, headers=["crop", "method", "centre_col", "ref_centre_col", "border", "ref_border", "IoU", "n"]))
+    keys = ("centre_col", "ref_centre_col", "border", "ref_border", "iou", "n")
+    table = [[v, m] + [s[k] for k in keys] for v in ("detector", "tight") for m, s in stats.get(v, {}).items()]
+    print(f"{stats['crops']} crops of {osp.join(args.root, 'footage')}; estimate >= 128 = person; "
+          "ref = foreground mask")
+    print(tabulate(table, headers=["crop", "method", *keys[:4], "IoU", "n"]))
     print(f"sheets and stats.json in {args.out}")
     return stats
 
