@@ -194,3 +194,33 @@ def test_fetch_errors(tmp_path, monkeypatch):
     assert footage.fetch_video(str(tmp_path)) == str(tmp_path / "vtest.avi")   # reused, no apt
     with pytest.raises(SystemExit, match="cannot open video"):
         footage.main(["--root", str(tmp_path), "--video", str(tmp_path / "vtest.avi")])
+
+
+def fake_tools(bin_dir, download_ok=True):
+    """Stand-ins for apt-get and dpkg on PATH: `apt-get download opencv-doc` writes a .deb (or fails
+    as apt does without package lists); `dpkg -x DEB DIR` unpacks a fake vtest.avi."""
+    bin_dir.mkdir()
+    apt = ("#!/bin/sh\n[ \"$1 $2\" = \"download opencv-doc\" ] || exit 2\n"
+           + ("echo deb > opencv-doc_4.6.0_all.deb\n" if download_ok
+              else "echo 'E: Unable to locate package opencv-doc' >&2; exit 100\n"))
+    dpkg = ("#!/bin/sh\n[ \"$1\" = -x ] || exit 2\nmkdir -p \"$3/usr/share/doc/opencv-doc/examples/data\"\n"
+            "echo video > \"$3/usr/share/doc/opencv-doc/examples/data/vtest.avi\"\n")
+    for name, text in (("apt-get", apt), ("dpkg", dpkg)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+
+
+def test_fetch_from_the_package(tmp_path, monkeypatch):
+    fake_tools(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    path = footage.fetch_video(str(tmp_path / "src"))
+    assert path == str(tmp_path / "src" / "vtest.avi") and open(path).read() == "video\n"
+    assert os.listdir(tmp_path / "src") == ["vtest.avi"]   # the .deb stayed in a temporary folder
+
+
+def test_fetch_without_package_lists(tmp_path, monkeypatch):
+    fake_tools(tmp_path / "bin", download_ok=False)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    with pytest.raises(footage.FootageError, match=r"'apt-get download opencv-doc' failed \(exit 100\): "
+                                                   r"E: Unable to locate package opencv-doc\nRun 'apt-get update'"):
+        footage.fetch_video(str(tmp_path / "src"))
