@@ -406,10 +406,11 @@ def write_tree(root, video, dets, tracks, query_step=4, gallery_step=2, margin=0
     return rows
 
 
-def contact_sheet(root, path=None, per_row=12, cell=(48, 96)):
-    """One row per identity of ``root/footage``: its pid, then up to ``per_row`` of its query (grey
-    frame) and gallery (blue frame) crops evenly spaced in time. Writes ``path`` (default
-    ``root/footage/contact_sheet.png``) and returns it."""
+def contact_sheet(root, path=None, per_row=None, cell=(48, 96)):
+    """One row per identity of ``root/footage``: its pid, then its query (grey frame) and gallery
+    (blue frame) crops in time order — all of them, or ``per_row`` evenly spaced ones — each
+    resized to ``cell`` (width, height). Writes ``path`` (default ``root/footage/contact_sheet.png``)
+    and returns it."""
     out = osp.join(root, "footage")
     items = {}
     for d, s in (("query", "q"), ("bounding_box_test", "g")):
@@ -418,6 +419,7 @@ def contact_sheet(root, path=None, per_row=12, cell=(48, 96)):
             items.setdefault(pid, []).append((frame, s, osp.join(out, d, name)))
     label_w, pad = 40, 2
     rows = []
+    per_row = per_row or max((len(v) for v in items.values()), default=1)
     for pid in sorted(items):
         its = sorted(items[pid])
         pick = np.unique(np.linspace(0, len(its) - 1, min(per_row, len(its))).round().astype(int))

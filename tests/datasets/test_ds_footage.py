@@ -131,7 +131,7 @@ def test_tree_and_protocol(built):
     protocol = json.loads((root / "footage" / "protocol.json").read_text())
     assert protocol["identities"] == 4 and protocol["params"]["min_len"] == 10
     sheet = cv2.imread(summary["contact_sheet"])
-    assert sheet.shape[0] == 4 * (96 + 4)
+    assert sheet.shape[:2] == (4 * (96 + 4), 40 + 10 * (48 + 4))   # A and B: 4 + 6 crops each
 
 
 def test_dataset_loader_and_check(built, capsys):
