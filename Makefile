@@ -13,7 +13,7 @@ DATA ?= datasets
 
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench compare gpu-check gpu-wheels clean-venv
+.PHONY: setup demo test bench compare footage gpu-check gpu-wheels clean-venv
 
 setup: $(STAMP)
 
@@ -47,6 +47,25 @@ gpu-check:
 
 gpu-wheels:
 	bash tools/gpu_wheels.sh
+
+# Real footage (datasets_ext/footage.py): OpenCV's vtest.avi (from FOOTAGE_VIDEO, else unpacked from
+# Debian's opencv-doc package), HOG tracks -> $(DATA)/footage, then the demo model evaluated on it.
+FOOTAGE_VIDEO ?=
+FOOTAGE_OUT ?= output/footage
+DEMO_CFG := configs/Synthetic/baseline.yml
+
+$(DEMO_OUT)/model_final.pth:
+	$(MAKE) demo
+
+footage: setup $(DEMO_OUT)/model_final.pth
+	$(PY) -m datasets_ext.footage --root $(DATA) $(if $(FOOTAGE_VIDEO),--video $(FOOTAGE_VIDEO),)
+	$(PY) -m datasets_ext.check --root $(DATA) --dataset DG_Footage
+	$(PY) -m datasets_ext.footage --root $(DATA) --references
+	$(PY) train_net.py --config-file $(DEMO_CFG) --eval-only MODEL.WEIGHTS $(DEMO_OUT)/model_final.pth \
+		DATASETS.ROOT $(DATA) DATASETS.TESTS '("DG_Footage",)' OUTPUT_DIR $(FOOTAGE_OUT)
+	$(PY) -m plugins.evaluation.rank_list --config-file $(DEMO_CFG) --weights $(DEMO_OUT)/model_final.pth \
+		--dataset DG_Footage --num-queries 10 --out $(FOOTAGE_OUT)/rank_lists DATASETS.ROOT $(DATA)
+	$(PY) -m plugins.run paoa.real_crops --root $(DATA) --out $(FOOTAGE_OUT)/weak_labels
 
 clean-venv:
 	rm -rf $(VENV)

@@ -93,3 +93,28 @@ class DG_CUHK03NP_Labeled(DG_CUHK03NP):
     DIR = SUBDIR = osp.join("cuhk03-np", "labeled")
     EXAMPLE = "cuhk03-np/labeled/bounding_box_train/0001_c1_1.png"
     EXPECTED = {"train": (7368, 767, 2), "query": (1400, 700, 2), "gallery": (5328, 700, 2)}
+
+
+@DATASET_REGISTRY.register()
+class DG_Footage(MarketStyle):
+    """Real pedestrians from OpenCV's sample video vtest.avi (one fixed camera), built by
+    ``python -m datasets_ext.footage``: one identity per chain of clean tracks; queries from the first third
+    of each track's time span (camera 1), gallery from the last third (camera 2), the middle third
+    left out. A test target only (no training images). EXPECTED: the counts of the README's build;
+    another OpenCV version may detect differently (the checker then says 'counts differ')."""
+    dataset_name = "footage"
+    DIR = SUBDIR = "footage"
+    EXAMPLE = "footage/query/0001_c1s1_000000_00.jpg"
+    NUM_CAMS = 2
+    LAYOUT = """footage/   (python -m datasets_ext.footage --root <datasets root>)
+    query/0001_c1s1_000000_00.jpg   (<pid>_c1s1_<frame>_00.jpg: first third of identity <pid>)
+    bounding_box_test/0001_c2s1_000013_00.jpg   (<pid>_c2s1_<frame>_00.jpg: last third)
+    bounding_box_train/   (empty)"""
+    # the README's build (vtest.avi sha256 45cddc94..., OpenCV 4.14, default parameters)
+    EXPECTED = {"query": (57, 17, 1), "gallery": (101, 17, 1)}
+
+    def process_dir(self, dir_path, is_train):
+        if is_train:
+            self.check_before_run(dir_path)
+            return []
+        return super().process_dir(dir_path, is_train)
