@@ -80,16 +80,14 @@ def test_cpu_dry_run_every_part(synthetic_root, tmp_path, capsys):
 def test_loader_swaps_report_a_leak(synthetic_root, tmp_path, monkeypatch):
     """A swap that keeps the old loader's iterator (and so its workers) alive is reported: the
     count grows by the loader's workers per swap and the row fails."""
-    from plugins.engine.step import DGStep
+    import plugins.engine.step as step_mod
     gc = load_gpu_check()
     kept = []
-    original = DGStep.set_data_loader
 
-    def leaky(self, loader):
-        kept.append(self._data_loader_iter)
-        original(self, loader)
+    def leaky(old_loader, old_iter, new_loader):   # the swap without shutdown_loader: old iterators stay alive
+        kept.append(old_iter)
 
-    monkeypatch.setattr(DGStep, "set_data_loader", leaky)
+    monkeypatch.setattr(step_mod, "_retire", leaky)
     ctx = _ctx(gc, 60, tiny=True, root=synthetic_root, tmp=str(tmp_path))
     (row,) = gc.part_loader_swaps(ctx)
     assert row["metrics"]["live_workers"] == [2, 4, 6, 8]

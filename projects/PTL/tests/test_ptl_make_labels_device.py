@@ -77,7 +77,7 @@ def test_make_labels_with_models_on_another_device(synthetic_root, tmp_path, mon
         o = parser.outputs[i // 7][i % 7]
         h, w = Image.open(paths[i]).size[::-1]
         if parser_out is _classes:
-            want = F.interpolate(o[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+            want = F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long()
         else:
             want = F.interpolate(o[None], size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
         assert np.array_equal(np.asarray(Image.open(store.parsing_path(paths[i]))), want.numpy())
