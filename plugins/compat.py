@@ -401,7 +401,11 @@ def fix_faiss_knn_padding():
 
 
 def _faiss_has_gpu():
-    import faiss
+    """True when the installed faiss is a GPU build that sees a GPU (False without faiss)."""
+    try:
+        import faiss
+    except ImportError:
+        return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 

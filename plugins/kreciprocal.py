@@ -28,6 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from plugins.compat import _faiss_has_gpu
+
 __all__ = ["knn", "knn_backend", "encoding", "SharedMass", "shared_mass", "jaccard_from_mass", "pair_sq_dist", "pair_dots"]
 
 _BACKENDS = ("auto", "faiss", "torch", "faiss-hnsw", "faiss-ivf")
@@ -35,11 +37,7 @@ _BACKENDS = ("auto", "faiss", "torch", "faiss-hnsw", "faiss-ivf")
 
 # ---------------------------------------------------------------------------- kNN
 def _faiss_gpu_available():
-    try:
-        import faiss
-    except ImportError:
-        return False
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    return _faiss_has_gpu()   # the one check, in plugins.compat (a module attribute so tests can stub it)
 
 
 def _faiss_available():
