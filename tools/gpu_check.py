@@ -345,8 +345,8 @@ def part_clustering(ctx):
     from domainmix.bench_cluster import measure
     n = 600 if ctx.tiny else 30_000
     r = measure(n, 2048, use_gpu=ctx.gpu)
-    import plugins.pseudo_labels as pl
-    how = ("GPU faiss" if pl._faiss_gpu_available() else "torch on CUDA") if ctx.gpu else "faiss CPU"
+    from plugins import kreciprocal as kr
+    how = ("GPU faiss" if kr._faiss_gpu_available() else "torch on CUDA") if ctx.gpu else "faiss CPU"
     m = {"features": n, "dim": 2048, "knn": how}
     m.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
     return [{"part": "clustering", "item": f"{n} x 2048", "status": "ok", "metrics": m}]
