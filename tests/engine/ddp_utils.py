@@ -24,8 +24,12 @@ def _entry(rank, world_size, port, out_dir, fn, args):
     comm._LOCAL_PROCESS_GROUP = dist.new_group(list(range(world_size)))
     try:
         torch.save(fn(rank, world_size, *args), os.path.join(out_dir, f"{rank}.pt"))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    dist.barrier()   # as plugins.compat's gloo worker: no rank tears down while a peer communicates
+    comm._LOCAL_PROCESS_GROUP = None
+    dist.destroy_process_group()
 
 
 def run_gloo(fn, world_size, *args):
