@@ -11,7 +11,7 @@ from plugins.data import DGCommDataset, build_dg_test_loader, build_dg_train_loa
 from plugins.engine import DGTrainer
 from plugins.engine.tta import extract
 from plugins.graph_sampler import GraphSampler, GraphSamplerHook
-from plugins.registry import TRAINER_REGISTRY, register_as
+from plugins.registry import TRAINER_REGISTRY
 
 from .evaluation import TALEvaluator, qaconv_dist_fn
 
@@ -33,7 +33,7 @@ def extract_all(cfg, model, items):
     return torch.cat([extract(model, batch) for batch in loader])
 
 
-@register_as(TRAINER_REGISTRY, "TALTrainer")
+@TRAINER_REGISTRY.register()
 class TALTrainer(DGTrainer):
     _scoring_model = None   # the model TALTrainer.test evaluates (build_evaluator has no model)
 
