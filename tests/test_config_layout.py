@@ -8,8 +8,8 @@ import re
 
 import pytest
 from fastreid.config import CfgNode
+from tests.e2e_utils import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yml"), recursive=True)
                  + glob.glob(os.path.join(REPO, "projects", "*", "configs", "**", "*.yml"), recursive=True))
 MAX_LEVELS = 4

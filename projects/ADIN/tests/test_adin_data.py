@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 
-from adin_testutils import build_trainer
 from adin.schedule import identity_error
 from adin.trainer import split_validation
 from plugins.engine.step import unwrap
@@ -16,8 +15,8 @@ from plugins.engine.step import unwrap
 CANE = "projects/ADIN/configs/Synthetic/adin_cane.yml"
 
 
-def test_nuisance_prior_is_measured_on_the_training_images(synthetic_root, tmp_path):
-    trainer = build_trainer(CANE, tmp_path, synthetic_root, "ADIN.VAL.NUM_IMAGES", "5")
+def test_nuisance_prior_is_measured_on_the_training_images(adin_trainer, synthetic_root, tmp_path):
+    trainer = adin_trainer(CANE, "ADIN.VAL.NUM_IMAGES", "5")
     held_out = {it[0] for it in trainer.val_loader.dataset.img_items}
     assert len(held_out) == 5
     total = sum(len(glob.glob(os.path.join(synthetic_root, "synthreid", f"domain{d}", "bounding_box_train", "*.png")))

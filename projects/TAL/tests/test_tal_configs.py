@@ -5,10 +5,8 @@ import os
 
 import pytest
 
-from plugins.projects import import_projects
 from tests.e2e_utils import REPO, TINY, run_train_net
 
-import_projects()
 
 CONFIGS = sorted(os.path.relpath(p, REPO)
                  for p in glob.glob(os.path.join(REPO, "projects/TAL/configs/**/*.yml"), recursive=True))
