@@ -25,7 +25,7 @@ $(STAMP): requirements.txt setup.cfg
 	$(PIP) --no-deps fastreid==1.4.0
 	$(PIP) -r requirements.txt
 	$(PIP) --no-deps -e .
-	$(PY) -m plugins.compat --build-cython
+	$(PY) tools/compat.py --build-cython
 	touch $@
 
 demo: setup

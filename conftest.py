@@ -10,6 +10,8 @@ import_projects()   # project packages (paoa, adin, ...) importable from every t
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
+    """The synthetic benchmark's tiny preset (seed 0), generated once per session: the datasets
+    root holding `synthreid/`. Read-only for tests (copy it to change files)."""
     from datasets_ext.synthetic.generate import main as generate
     root = tmp_path_factory.mktemp("datasets")
     generate(["--root", str(root), "--preset", "tiny"])

@@ -15,4 +15,7 @@ from .ilids import DG_iLIDS  # noqa: E402
 # ("DG_" + the dataset's usual name, so fastreid's own "Market1501", "PRID"... keep working).
 DG_DATASETS = (DG_Market1501, DG_DukeMTMC, DG_MSMT17, DG_CUHK03NP, DG_CUHK03NP_Labeled, DG_CUHK02,
                DG_CUHKSYSU, DG_RandPerson, DG_PRID, DG_GRID, DG_VIPeR, DG_VIPeR_BA, DG_iLIDS, DG_Footage)
-from .synthetic import dataset as _synthetic  # noqa: F401  (SynthDomain0..7)
+from .synthetic import dataset as _synthetic  # noqa: F401,E402  (SynthDomain0..7)
+# VehicleID test sets with seeded gallery draws (fastreid's VehicleID layout and errors; no DG_ prefix:
+# fastreid has no loader of these names)
+from .vehicleid import VehicleID1600, VehicleID3200  # noqa: F401,E402

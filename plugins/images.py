@@ -3,7 +3,7 @@
 fastreid's `read_image(path)` (no format) returns the file's PIL mode unchanged, so an RGBA PNG
 becomes a 4-channel tensor (batching fails), a palette PNG a 1-channel tensor of palette indices,
 and 16-bit grey an int16 tensor. `read_rgb` is used by the toolbox's datasets, by fastreid's own
-`CommDataset` (through the `read_image_modes` shim in plugins/compat.py) and by the label tools.
+`CommDataset` (through the `read_image_modes` shim in plugins/compat/data.py) and by the label tools.
 
 Conversions, by PIL mode of the decoded file (Pillow does the colour maths except for 16-bit):
 

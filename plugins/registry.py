@@ -7,7 +7,9 @@ TEST_ADAPTERS = Registry("TEST_ADAPTER")        # TEST.ADAPT.NAME
 
 
 def register_as(registry, name):
-    """Decorator registering an object under an explicit (config-friendly) name."""
+    """Decorator registering an object under an explicit (config-friendly) name or alias (grad
+    combiners, test-time adapters). Trainers use `@TRAINER_REGISTRY.register()`: TRAINER.NAME is the
+    class name."""
     def deco(obj):
         registry._do_register(name, obj)
         return obj

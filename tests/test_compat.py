@@ -1,5 +1,6 @@
 """Each fastreid shim: the problem is real without it (fresh interpreter), fixed with it, and the
 shim is a no-op when its problem is absent."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,13 +11,15 @@ import plugins  # noqa: F401
 from plugins import compat
 
 
-# Loads plugins/compat.py standalone, so `compat` exists but nothing is applied (importing the
-# `plugins` package would apply every shim).
+# Imports plugins.compat and plugins.process_tuning without running plugins/__init__.py (which would
+# apply every tuning and shim): `compat` exists but nothing is applied. A later `import plugins` in
+# the snippet runs the real package, which then applies this same `compat`.
 PRELUDE = f"""
-import importlib.util
-_spec = importlib.util.spec_from_file_location("compat", {compat.__file__!r})
-compat = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compat)
+import sys, types
+_stub = types.ModuleType("plugins"); _stub.__path__ = [{os.path.dirname(os.path.dirname(compat.__file__))!r}]
+sys.modules["plugins"] = _stub
+import plugins.compat as compat, plugins.process_tuning as process_tuning
+del sys.modules["plugins"]
 """
 
 
@@ -173,7 +176,7 @@ def test_missing_cython_build_falls_back_without_exit():
         import sys
         sys.modules["fastreid.evaluation.rank_cylib.rank_cy"] = None   # simulate: never built
         from plugins import compat
-        compat.build_cython = lambda: False                          # and building fails
+        compat.evaluation.build_cython = lambda: False               # and building fails
         for f in compat.IMPORT_FIXES: f()
         import fastreid
         if {shim}: compat.fix_cython_compile_exit()
@@ -257,7 +260,7 @@ def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     (torch.relu(conv(x)).repeat(1, 4, 1, 1) ** 2).sum().backward()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print("faults", sum([faults() for _ in range(12)][-4:]), compat.APPLIED)
+print("faults", sum([faults() for _ in range(12)][-4:]), process_tuning.APPLIED)
 """
     env = {k: v for k, v in os.environ.items() if not compat._user_tuned_malloc({k: v})}
 
@@ -362,3 +365,33 @@ def test_fastreid_jaccard_never_uses_faiss_padding_as_an_index():
     finally:
         compute_dist.index_init_cpu = saved
     assert np.abs(padded - ours).max() > 0.05
+
+
+FORMER_NAMES = ("APPLIED", "IMPORT_FIXES", "RUNTIME_FIXES", "apply", "build_cython", "cython_rank_available",
+                "fix_model_device", "fix_openblas_coretype", "fix_openmp_wait_policy", "fix_cpu_page_faults",
+                "MALLOC_KEEP_BYTES", "_user_tuned_malloc", "_faiss_has_gpu", "_faiss_pads_with_minus_one",
+                "_printer_divides_by_zero", "_gloo_worker", "_cuda", "_mark")
+
+
+def test_package_keeps_the_former_module_names_and_lists_only_shims():
+    """plugins.compat became a package: `from plugins.compat import X` works for every name the
+    single module had; its shim lists hold fastreid shims only (process tuning is its own module)."""
+    from plugins import process_tuning
+    missing = [n for n in FORMER_NAMES if not hasattr(compat, n)]
+    assert missing == []
+    assert compat.fix_cpu_page_faults is process_tuning.fix_cpu_page_faults
+    shims = {f.__module__ for f in compat.IMPORT_FIXES + compat.RUNTIME_FIXES}
+    assert shims == {"plugins.compat.imports", "plugins.compat.data", "plugins.compat.engine",
+                     "plugins.compat.evaluation"}
+    assert len(compat.IMPORT_FIXES) == 4 and len(compat.RUNTIME_FIXES) == 13
+    assert {f.__name__ for f in process_tuning.TUNINGS} == {
+        "fix_openblas_coretype", "fix_openmp_wait_policy", "fix_cpu_page_faults"}
+
+
+def test_tools_compat_lists_the_applied_shims():
+    import pathlib
+    script = pathlib.Path(compat.__file__).parents[2] / "tools" / "compat.py"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    shims = next(l for l in proc.stdout.splitlines() if l.startswith("shims needed on this stack:"))
+    assert "'torch_six'" in shims and "'sampler_own_random_state'" in shims, proc.stdout

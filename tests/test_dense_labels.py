@@ -23,8 +23,8 @@ from fastreid.data.transforms import build_transforms
 from plugins.config import get_dg_cfg
 from plugins.data import DGCommDataset
 from plugins.data import transforms as paired_mod
+from tests.e2e_utils import REPO
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CENTRES = np.array([32, 96, 160, 224], np.uint8)
 IMAGE_ONLY_OFF = ["INPUT.CJ.ENABLED", "False", "INPUT.REA.ENABLED", "False", "INPUT.RPT.ENABLED", "False"]
 

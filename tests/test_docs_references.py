@@ -4,8 +4,8 @@ import re
 import subprocess
 
 import pytest
+from tests.e2e_utils import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a papers folder (shared/papers/..., papers/X.md) or this machine's /work/ layout
 OUTSIDE = re.compile(r"shared[/\\]papers|\bpapers[/\\]\w+\.md|(?<![\w.~-])/work/")
 

@@ -9,8 +9,8 @@ import subprocess
 import time
 
 import pytest
+from tests.e2e_utils import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_gpu_check():

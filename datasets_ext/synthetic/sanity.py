@@ -47,20 +47,15 @@ def colour_hist(path):
 
 
 def evaluate(qf, gf, q, g):
-    """Rank-1 and mAP with the Market junk rule (same pid and camera removed)."""
-    qf = qf / np.linalg.norm(qf, axis=1, keepdims=True)
-    gf = gf / np.linalg.norm(gf, axis=1, keepdims=True)
-    sim = qf @ gf.T
-    gp, gc = np.array([x[1] for x in g]), np.array([x[2] for x in g])
-    r1, aps = [], []
-    for i, (_, pid, cam, _) in enumerate(q):
-        keep = ~((gp == pid) & (gc == cam))
-        order = np.argsort(-sim[i][keep], kind="stable")
-        hits = (gp[keep] == pid)[order]
-        r1.append(hits[0])
-        prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps.append((prec * hits).sum() / max(hits.sum(), 1))
-    return float(np.mean(r1)), float(np.mean(aps))
+    """(Rank-1, mAP) of query features `qf` [Q, D] against gallery features `gf` [G, D] (cosine
+    distance), from the toolbox's evaluator (`plugins.evaluation.evaluate_rank_chunked`:
+    fastreid's protocol, gallery images of the query's identity and camera removed, queries
+    without a valid match skipped). `q`, `g`: the items `(path, pid, camid, ...)` of the features."""
+    from plugins.evaluation import evaluate_rank_chunked
+    cmc, all_ap, _ = evaluate_rank_chunked(np.asarray(qf, np.float32), np.asarray(gf, np.float32),
+                                           [x[1] for x in q], [x[1] for x in g], [x[2] for x in q],
+                                           [x[2] for x in g], metric="cosine", max_rank=1)
+    return float(cmc[0]), float(np.mean(all_ap))
 
 
 def _tensor(items, size=(32, 64)):

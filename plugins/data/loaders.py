@@ -5,7 +5,7 @@ starts a `BackgroundGenerator` thread that pulls batches from torch's multi-proc
 queue of 10. With an infinite training sampler that thread blocks on the full queue forever, and as
 a live thread it keeps the torch iterator, its worker processes and the prefetched batches alive
 after the loader is dropped (issue #15, item 6: 2, 4, 6, ... workers after 1, 2, 3 swaps).
-The CPU shim (plugins/compat.py) uses a plain torch `DataLoader`, whose iterator stops its workers
+The CPU shim (plugins/compat/data.py) uses a plain torch `DataLoader`, whose iterator stops its workers
 when garbage-collected; `shutdown_loader` stops them at once in both cases.
 """
 import queue

@@ -1,12 +1,24 @@
 """DGTrainer: fastreid's DefaultTrainer with the hook points every DG method needs.
 
 fastreid builds its step object inline in `DefaultTrainer.__init__`, so this class re-does that
-constructor with factories a project overrides (all classmethods unless noted):
-  build_model, build_optimizers (several optimizers, per-prefix LR multipliers),
-  build_train_loader, build_extra_loaders (e.g. target-domain batches),
-  build_schedule (alternating phases, instance method), build_extra_hooks (offline stages such as
-  clustering, instance method), `checkpoint_optional_keys` (training-only parts a loaded checkpoint
-  may lack, plugins/checkpoint.py), and `test` (several targets, 10-split protocols, test-time adaptation).
+constructor, in this order, with factories a project overrides (all classmethods unless noted):
+
+  1. build_train_loader(cfg)                   the training data (fastreid's signature)
+  2. auto_scale_hyperparams(cfg, num_classes)  fastreid's: MODEL.HEADS.NUM_CLASSES
+  3. prepare(cfg, train_set)                   instance method, the one step between the data and
+                                               the model: anything measured on the training set
+                                               (trainer attributes, config values written with
+                                               `update_config`); returns the config
+  4. build_model(cfg), then the hook points, each named by what it is:
+     - optimizers:            build_optimizers (several, per-prefix LR multipliers)
+     - extra loaders:         build_extra_loaders (e.g. target-domain batches)
+     - schedule:              build_schedule (alternating phases, instance method)
+     - offline stages:        build_extra_hooks (e.g. clustering, instance method)
+     - gradient combination:  SOLVER.GRAD_COMBINE (plugins.registry.GRAD_COMBINERS, in DGStep)
+     - test-time adaptation:  TEST.ADAPT (plugins.registry.TEST_ADAPTERS, in `test`)
+  and `checkpoint_optional_keys` (training-only parts a loaded checkpoint may lack,
+  plugins/checkpoint.py), and `test` (several targets, 10-split protocols).
+Trainers register with `@TRAINER_REGISTRY.register()` (TRAINER.NAME is the class name).
 Everything stateful (every optimizer and scheduler, the AMP scaler, the schedule, stateful hooks,
 the training loaders' positions and the RNG states) goes into the checkpoint, written every epoch
 (SOLVER.CHECKPOINT_PERIOD) and every SOLVER.CHECKPOINT_PERIOD_ITERS iterations and on SIGTERM, so
@@ -45,6 +57,7 @@ class DGTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         data_loader = self.build_train_loader(cfg)
         cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
+        cfg = self.prepare(cfg, data_loader.dataset)
         self.cfg = cfg
         model = self.build_model(cfg)
         optimizers = self.build_optimizers(cfg, model)
@@ -76,6 +89,22 @@ class DGTrainer(DefaultTrainer):
         self.warmup_iters = cfg.SOLVER.WARMUP_ITERS
         self.delay_epochs = cfg.SOLVER.DELAY_EPOCHS
         self.register_hooks(self.build_hooks())
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, cfg, train_set):
+        """The one step that runs after the training data and before the model are built.
+
+        Args:
+            cfg: the run's config (frozen), MODEL.HEADS.NUM_CLASSES already filled in.
+            train_set: the training dataset (`data_loader.dataset`, items `(path, pid, camid,
+                extras)` in `train_set.img_items`).
+        Returns:
+            the config the model is built from: `cfg`, or `update_config(cfg, {...})` for values
+            measured on the training set (they are then also in OUTPUT_DIR/config.yaml).
+        An override may set trainer attributes that later factories read (ADIN: the validation
+        loader and nuisance statistics; PTL: the attribute classes). Default: `cfg` unchanged.
+        """
+        return cfg
 
     # ------------------------------------------------------------------ factories
     @classmethod
@@ -265,6 +294,45 @@ class NamedLRScheduler(hooks.LRScheduler):
         if self.trainer.iter + 1 <= self.trainer.warmup_iters and "warmup_sched" in self._scheduler:
             if self.trainer.grad_scaler is None or self._scale == self.trainer.grad_scaler.get_scale():
                 self._scheduler["warmup_sched"].step()
+
+
+def update_config(cfg, values):
+    """Set config values of a frozen run config, keep OUTPUT_DIR/config.yaml complete, refreeze.
+
+    Args:
+        cfg: a fastreid CfgNode (frozen or not; it is changed in place and returned).
+        values: {dotted key: value}, e.g. {"MODEL.ADIN.NUM_NUISANCE_CLASSES": [3, 4]}; set through
+            yacs' `merge_from_list`, so a value must have its default's type (list and tuple mix).
+    Returns:
+        `cfg`, with its frozen state as before.
+    Raises:
+        KeyError: a key the config does not have, named with the keys given.
+    The main process rewrites OUTPUT_DIR/config.yaml (when OUTPUT_DIR is set), so `--eval-only`
+    with that file rebuilds the same model without re-measuring the training set.
+    """
+    unknown = [k for k in values if not _has_key(cfg, k)]
+    if unknown:
+        raise KeyError(f"update_config: the config has no key {', '.join(unknown)} (values given for {sorted(values)})")
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    try:
+        cfg.merge_from_list([x for kv in values.items() for x in kv])
+    finally:
+        if frozen:
+            cfg.freeze()
+    if comm.is_main_process() and cfg.OUTPUT_DIR:
+        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+    return cfg
+
+
+def _has_key(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def build_trainer(cfg):

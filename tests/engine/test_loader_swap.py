@@ -1,7 +1,7 @@
 """Issue #15 item 6: swapping loaders (DomainMix / PTL SSG re-clustering) must not leak workers.
 
 The loader under test is fastreid's real CUDA `DataLoaderX` + `BackgroundGenerator`, loaded from
-fastreid's own source file (the CPU shim of plugins/compat.py replaces the class in fastreid's
+fastreid's own source file (the CPU shim of plugins/compat/data.py replaces the class in fastreid's
 modules). Only its CUDA calls are stubbed: `torch.cuda.Stream`, `set_device`, `stream`,
 `current_stream`; `local_rank` is "cpu" so its prefetch `.to(device=local_rank)` stays on the CPU.
 """

@@ -1,4 +1,5 @@
-"""Hook points (a), (b), (e) of the training step on a toy model with hand-derivable gradients."""
+"""The training step's hook points gradient combination, schedule (alternating phases) and
+optimizers (several), on a toy model with hand-derivable gradients."""
 import pytest
 import torch
 from fastreid.utils.events import EventStorage

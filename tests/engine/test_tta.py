@@ -1,4 +1,4 @@
-"""Hook point (c): test-time adaptation runs on a copy; the stored weights never change."""
+"""The test-time adaptation hook point: adaptation runs on a copy; the stored weights never change."""
 import pytest
 import torch
 from torch import nn

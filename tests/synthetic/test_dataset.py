@@ -20,8 +20,8 @@ def test_registered_names():
 
 
 @pytest.mark.parametrize("k", range(4))
-def test_loader_items(tiny_root, k):
-    ds = DATASET_REGISTRY.get(f"SynthDomain{k}")(root=tiny_root, verbose=False)
+def test_loader_items(synthetic_root, k):
+    ds = DATASET_REGISTRY.get(f"SynthDomain{k}")(root=synthetic_root, verbose=False)
     name = f"synthdomain{k}"
     ipc, cams = TINY["images_per_id"], TINY["cameras"]
     assert len(ds.train) == TINY["train_ids"] * cams * ipc
@@ -43,9 +43,9 @@ def test_loader_items(tiny_root, k):
         assert any(g[1] == pid and g[2] != cam for g in ds.gallery)
 
 
-def test_labels_and_attributes_of_loaded_items(tiny_root):
-    ds = SYNTH_DOMAINS[2](root=tiny_root, verbose=False)
-    table = load_attributes(tiny_root)
+def test_labels_and_attributes_of_loaded_items(synthetic_root):
+    ds = SYNTH_DOMAINS[2](root=synthetic_root, verbose=False)
+    table = load_attributes(synthetic_root)
     assert table.names[0] == "gender" and table.classes[-1][0] == "none"
     assert len(table.table) == 4 * (len(ds.train) + len(ds.query) + len(ds.gallery))
     for path, *_ in ds.train[:10] + ds.query:
@@ -68,9 +68,9 @@ def test_missing_root_teaches_the_layout(tmp_path):
     assert "python -m datasets_ext.synthetic.generate" in msg
 
 
-def test_domain_beyond_the_generated_ones(tiny_root):
+def test_domain_beyond_the_generated_ones(synthetic_root):
     with pytest.raises(DatasetLayoutError, match="domain5") as e:
-        SYNTH_DOMAINS[5](root=tiny_root)
+        SYNTH_DOMAINS[5](root=synthetic_root)
     assert "--domains 6" in str(e.value)
 
 

@@ -72,8 +72,8 @@ def _check_counts(root, cfg):
         assert len(f.readlines()) == 1 + meta["total_images"]
 
 
-def test_tiny_preset_counts(tiny_root):
-    _check_counts(tiny_root, Config(**PRESETS["tiny"]))
+def test_tiny_preset_counts(synthetic_root):
+    _check_counts(synthetic_root, Config(**PRESETS["tiny"]))
 
 
 def test_cli_arguments_override_preset(tmp_path):
@@ -99,8 +99,8 @@ def test_complete_tree_is_skipped_and_other_config_regenerated(tmp_path):
     _check_counts(root, other)
 
 
-def test_masks_and_parsing_agree_on_every_image(tiny_root):
-    base = os.path.join(tiny_root, "synthreid")
+def test_masks_and_parsing_agree_on_every_image(synthetic_root):
+    base = os.path.join(synthetic_root, "synthreid")
     for path in glob.glob(os.path.join(base, "domain*", "*", "*.png")):
         rel = os.path.relpath(path, base)
         mask = cv2.imread(os.path.join(base, "masks", rel), cv2.IMREAD_UNCHANGED)
@@ -111,8 +111,8 @@ def test_masks_and_parsing_agree_on_every_image(tiny_root):
         assert 0.05 < (mask > 0).mean() < 0.6, rel      # a person, not the whole frame
 
 
-def test_domains_look_different(tiny_root):
-    base = os.path.join(tiny_root, "synthreid")
+def test_domains_look_different(synthetic_root):
+    base = os.path.join(synthetic_root, "synthreid")
     means = [np.mean([cv2.imread(p).reshape(-1, 3).mean(0) for p in
                       glob.glob(os.path.join(base, f"domain{d}", "bounding_box_train", "*.png"))], 0)
              for d in range(4)]

@@ -6,7 +6,6 @@ adversarial update of Eq. 7) and "nuisance" (f_N). Every one is checkpointed wit
 and so is the schedule's position, so `--resume` continues in the same phase.
 """
 import logging
-import os
 import random
 from collections import defaultdict
 
@@ -16,9 +15,9 @@ from fastreid.utils import comm
 
 from plugins.data import DGCommDataset
 from plugins.data.build import build_dg_train_loader, load_train_items
-from plugins.engine import DGTrainer, build_optimizer
+from plugins.engine import DGTrainer, build_optimizer, update_config
 from plugins.engine.step import unwrap
-from plugins.registry import TRAINER_REGISTRY, register_as
+from plugins.registry import TRAINER_REGISTRY
 
 from .nuisance import head_names, measure
 from .schedule import build_adin_schedule, identity_error
@@ -40,7 +39,7 @@ def split_validation(items, num_images, seed=0):
     return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
-@register_as(TRAINER_REGISTRY, "ADINTrainer")
+@TRAINER_REGISTRY.register()
 class ADINTrainer(DGTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -58,23 +57,30 @@ class ADINTrainer(DGTrainer):
     def adversarial(self):
         return self.cfg.MODEL.ADIN.ADV_LOSS != "none"
 
-    # -------------------------------------------------------------- data (instance methods: they
-    # keep the validation subset and nuisance statistics for the schedule and the model)
-    def build_train_loader(self, cfg):
-        adversarial = cfg.MODEL.ADIN.ADV_LOSS != "none"
+    # -------------------------------------------------------------- data
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """The training loader over the source images less the validation subset (ADIN.SWITCH
+        'threshold' with an adversarial loss: one image each of ADIN.VAL.NUM_IMAGES identities,
+        `split_validation`), which its dataset keeps as `held_out` items for `prepare`."""
         items = load_train_items(cfg)
         val_items = []
-        if adversarial and cfg.ADIN.SWITCH == "threshold":
+        if cfg.MODEL.ADIN.ADV_LOSS != "none" and cfg.ADIN.SWITCH == "threshold":
             items, val_items = split_validation(items, cfg.ADIN.VAL.NUM_IMAGES, cfg.ADIN.VAL.SEED)
             if not val_items:
                 raise ValueError("ADIN.SWITCH 'threshold' needs a validation subset: no identity has 2 images")
         train_set = DGCommDataset(items, build_transforms(cfg, is_train=True), relabel=True)
         train_set.source = (f"training set DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)}"
                             + (f" less {len(val_items)} validation images" if val_items else ""))
-        self.nuisance_stats = None
-        if adversarial:
-            self.nuisance_stats = measure(head_names(cfg), [train_set.cam_dict[it[2]] for it in items],
-                                          [int(it[3].get("timeid", -1)) for it in items])
+        train_set.held_out = val_items
+        return build_dg_train_loader(cfg, train_set=train_set)
+
+    def prepare(self, cfg, train_set):
+        """Before the model: the validation loader over the held-out images (identity labels of
+        the training set; `self.val_loader`, None without a subset), the nuisance statistics of
+        the training images (`self.nuisance_stats`, None without an adversarial loss) and, unless
+        given, MODEL.ADIN.NUM_NUISANCE_CLASSES from them (written to config.yaml)."""
+        items, val_items = train_set.img_items, getattr(train_set, "held_out", [])
         self.val_loader = None
         if val_items:
             val_set = DGCommDataset([(p, train_set.pid_dict[pid], train_set.cam_dict.get(c, -1), e)
@@ -87,23 +93,17 @@ class ADINTrainer(DGTrainer):
                 logger.info(f"ADIN: {len(val_items)} of {total} training images ({100 * len(val_items) / total:.1f}%) "
                             "held out from training to monitor the identity error (ADIN.VAL.NUM_IMAGES: one "
                             "image each of that many identities with >= 2 images)")
-        return build_dg_train_loader(cfg, train_set=train_set)
-
-    def auto_scale_hyperparams(self, cfg, num_classes):
-        cfg = DGTrainer.auto_scale_hyperparams(cfg, num_classes)
-        if self.nuisance_stats is not None and not cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES:
-            frozen = cfg.is_frozen()
-            cfg.defrost()
-            heads = head_names(cfg)
-            cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES = [self.nuisance_stats.num_classes[h] for h in heads]
-            logger.info(f"ADIN nuisance heads {heads}: {cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES} classes, priors "
-                        + "; ".join(f"{h}: {[round(float(p), 4) for p in self.nuisance_stats.priors[h]]}"
-                                    for h in heads))
-            if comm.is_main_process() and cfg.OUTPUT_DIR:   # keep the saved config complete
-                with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-                    f.write(cfg.dump())
-            if frozen:
-                cfg.freeze()
+        self.nuisance_stats = None
+        if cfg.MODEL.ADIN.ADV_LOSS != "none":
+            self.nuisance_stats = measure(head_names(cfg), [train_set.cam_dict[it[2]] for it in items],
+                                          [int(it[3].get("timeid", -1)) for it in items])
+            if not cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES:
+                heads = head_names(cfg)
+                cfg = update_config(cfg, {"MODEL.ADIN.NUM_NUISANCE_CLASSES":
+                                          [self.nuisance_stats.num_classes[h] for h in heads]})
+                logger.info(f"ADIN nuisance heads {heads}: {cfg.MODEL.ADIN.NUM_NUISANCE_CLASSES} classes, priors "
+                            + "; ".join(f"{h}: {[round(float(p), 4) for p in self.nuisance_stats.priors[h]]}"
+                                        for h in heads))
         return cfg
 
     # -------------------------------------------------------------- optimizers and schedule

@@ -1,18 +1,13 @@
 """Helpers shared by ADIN's tests: configs, the small-model overrides for paper-size configs, and
 building a trainer from a config exactly as train_net does."""
 import os
-import sys
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(os.path.dirname(PROJECT))
-for _p in (REPO, PROJECT):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import plugins  # noqa: F401  (fastreid shims first)
+import datasets_ext  # noqa: F401
+import adin  # noqa: F401  (importable through the root conftest's project discovery)
+from tests.e2e_utils import REPO
 
-import plugins  # noqa: E402,F401
-import datasets_ext  # noqa: E402,F401
-import adin  # noqa: E402,F401
-
+PROJECT = os.path.join(REPO, "projects", "ADIN")
 CONFIGS = os.path.join(PROJECT, "configs")
 
 # Paper-size configs (ResNet-50, 256x128, real datasets) on the tiny synthetic benchmark.

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from adin_testutils import FAST, SHORT_SCHEDULE, SMALL, build_trainer, config_files, run_steps
+from adin_testutils import FAST, SHORT_SCHEDULE, SMALL, config_files, run_steps
 
 CONFIGS = config_files()
 
@@ -18,9 +18,9 @@ def test_every_table_row_has_a_config():
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.split("configs/")[1] for c in CONFIGS])
-def test_config_trains_through_every_phase(config, synthetic_root, tmp_path):
+def test_config_trains_through_every_phase(config, adin_trainer):
     opts = ([] if "/Synthetic/" in config else SMALL) + FAST + SHORT_SCHEDULE
-    trainer = build_trainer(config, tmp_path, synthetic_root, *opts)
+    trainer = adin_trainer(config, *opts)
     adversarial = trainer.cfg.MODEL.ADIN.ADV_LOSS != "none"
     phases = run_steps(trainer, 4 if adversarial else 1)
     if adversarial:

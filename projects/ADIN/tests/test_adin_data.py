@@ -1,5 +1,5 @@
-"""The nuisance prior p_k measured on the training set, the held-out validation subset, and the
-seeded VehicleID test draws of Table 4."""
+"""The nuisance prior p_k measured on the training set and the held-out validation subset (the
+seeded VehicleID test draws of Table 4: tests/datasets/test_ds_vehicleid.py)."""
 import collections
 import glob
 import os
@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 
-from adin_testutils import build_trainer
 from adin.schedule import identity_error
 from adin.trainer import split_validation
 from plugins.engine.step import unwrap
@@ -16,8 +15,8 @@ from plugins.engine.step import unwrap
 CANE = "projects/ADIN/configs/Synthetic/adin_cane.yml"
 
 
-def test_nuisance_prior_is_measured_on_the_training_images(synthetic_root, tmp_path):
-    trainer = build_trainer(CANE, tmp_path, synthetic_root, "ADIN.VAL.NUM_IMAGES", "5")
+def test_nuisance_prior_is_measured_on_the_training_images(adin_trainer, synthetic_root, tmp_path):
+    trainer = adin_trainer(CANE, "ADIN.VAL.NUM_IMAGES", "5")
     held_out = {it[0] for it in trainer.val_loader.dataset.img_items}
     assert len(held_out) == 5
     total = sum(len(glob.glob(os.path.join(synthetic_root, "synthreid", f"domain{d}", "bounding_box_train", "*.png")))
@@ -69,22 +68,3 @@ def test_validation_subset_keeps_every_identity_in_training():
     assert split_validation(items, 3, seed=1) == (train, val)       # seeded
     assert len(split_validation(items, 100)[1]) == 4                # at most one per eligible id
 
-
-def test_vehicleid_draws_are_seeded(tmp_path):
-    from adin.datasets import VehicleID1600, VehicleID3200
-    split = tmp_path / "vehicleid" / "train_test_split"
-    split.mkdir(parents=True)
-    (tmp_path / "vehicleid" / "image").mkdir()
-    (split / "train_list.txt").write_text("".join(f"{i:07d} {i // 2}\n" for i in range(8)))
-    lines = "".join(f"{100 + i:07d} {i // 3}\n" for i in range(30))
-    (split / "test_list_1600.txt").write_text(lines)
-    (split / "test_list_3200.txt").write_text(lines)
-    a = VehicleID3200(root=str(tmp_path), split_id=0, verbose=False)
-    b = VehicleID3200(root=str(tmp_path), split_id=0, verbose=False)
-    c = VehicleID3200(root=str(tmp_path), split_id=1, verbose=False)
-    assert a.gallery == b.gallery and a.gallery != c.gallery
-    assert len(a.gallery) == 10 and len(a.query) == 20               # one gallery image per vehicle
-    assert VehicleID3200.NUM_SPLITS == 10
-    assert VehicleID1600(root=str(tmp_path), verbose=False).test_list.endswith("test_list_1600.txt")
-    with pytest.raises(Exception):
-        VehicleID3200(root=str(tmp_path / "missing"))

@@ -22,7 +22,7 @@ from plugins.data import build_dg_train_loader
 from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
 from plugins.engine.step import unwrap
 from plugins.pseudo_labels import PseudoLabelHook, cluster_pseudo_labels
-from plugins.registry import TRAINER_REGISTRY, register_as
+from plugins.registry import TRAINER_REGISTRY
 
 from .data import build_train_set, build_unlabelled_loaders
 from .modeling import num_domains
@@ -47,7 +47,7 @@ def clustering_fn(cfg):
                              min_size=1 if initial else p.MIN_SIZE, max_size=0 if initial else p.MAX_SIZE)
 
 
-@register_as(TRAINER_REGISTRY, "DomainMixTrainer")
+@TRAINER_REGISTRY.register()
 class DomainMixTrainer(DGTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from domainmix_test_utils import all_configs, build_trainer, load_cfg, synthetic_overrides
+from domainmix_testutils import all_configs, build_trainer, load_cfg, synthetic_overrides
 from plugins.pseudo_labels import read_labels
 from tests.e2e_utils import results_json, run_train_net
 
@@ -64,9 +64,9 @@ def test_interrupted_in_stage3_resumes_in_stage3_with_the_same_labels(synthetic_
 
 
 @pytest.mark.parametrize("config", all_configs())
-def test_every_config_builds_a_trainer(config, synthetic_root, tmp_path):
+def test_every_config_builds_a_trainer(config, domainmix_trainer):
     """Every shipped config (bases included) loads, merges and builds on the tiny benchmark."""
-    t = build_trainer(config, synthetic_root, tmp_path)
+    t = domainmix_trainer(config)
     cfg = t.cfg
     assert cfg.TRAINER.NAME == "DomainMixTrainer" and cfg.MODEL.META_ARCHITECTURE == "DomainMix"
     n = len(cfg.DATASETS.NAMES) + len(cfg.DOMAINMIX.UNLABELLED)

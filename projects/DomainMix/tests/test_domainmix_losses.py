@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import domainmix_test_utils  # noqa: F401  (project discovery)
+import domainmix_testutils  # noqa: F401  (project discovery)
 from plugins.losses import domain_balance, kl_to_uniform, symmetric_kl_to_uniform
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import domainmix_test_utils  # noqa: F401  (project discovery)
+import domainmix_testutils  # noqa: F401  (project discovery)
 from plugins import pseudo_labels as pl
 
 

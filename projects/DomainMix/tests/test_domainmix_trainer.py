@@ -4,7 +4,7 @@ import pytest
 import torch
 from fastreid.utils.events import EventStorage
 
-from domainmix_test_utils import build_trainer
+from domainmix_testutils import build_trainer
 from plugins.engine.step import unwrap
 from plugins.losses import domain_balance
 from plugins.pseudo_labels import PseudoLabels, write_labels
@@ -54,8 +54,8 @@ def test_stage_transitions_by_epoch(trainer):
     (["DOMAINMIX.STAGE3_START", "-1"], ["reid"] * 24),
     (["DOMAINMIX.STAGE3_START", "12"], ["reid"] * 24),     # = MAX_EPOCH: never reached
 ])
-def test_stage_transitions_as_configured(synthetic_root, tmp_path, opts, expected):
-    t = build_trainer(MAIN, synthetic_root, tmp_path, *opts)
+def test_stage_transitions_as_configured(domainmix_trainer, opts, expected):
+    t = domainmix_trainer(MAIN, *opts)
     assert _phases(t, len(expected)) == expected
 
 
@@ -200,8 +200,8 @@ def test_new_labels_rebuild_the_loader_and_classifier_rows(trainer):
     assert seen["n"] == 12 < model.heads.weight.shape[0]
 
 
-def test_any_number_of_domains(synthetic_root, tmp_path):
-    t = build_trainer("projects/DomainMix/configs/Synthetic/domainmix_3domains.yml", synthetic_root, tmp_path)
+def test_any_number_of_domains(domainmix_trainer):
+    t = domainmix_trainer("projects/DomainMix/configs/Synthetic/domainmix_3domains.yml")
     model = unwrap(t.model)
     assert model.disc[-1].out_features == 3
     from domainmix.data import split_sources

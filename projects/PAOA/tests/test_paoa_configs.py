@@ -8,8 +8,7 @@ import re
 
 import pytest
 
-from paoa_test_utils import (PAPER_TO_SYNTH, REPO, SMALL_SYNTH, config_files, load_cfg,
-                             register_split_target)
+from paoa_testutils import PAPER_TO_SYNTH, REPO, SMALL_SYNTH, config_files, load_cfg
 from plugins.registry import GRAD_COMBINERS, TRAINER_REGISTRY
 from tests.e2e_utils import TINY, results_json, run_train_net
 
@@ -38,7 +37,7 @@ def flat(cfg, prefix=""):
 
 
 def test_configs_cover_the_tables():
-    assert len(PAPER) == 33 and len(SYNTH) == 6
+    assert len(PAPER) == 33 and len(SYNTH) == 7   # 6 runs + Base-PAOA-synthetic.yml
     for target in ("C3", "MS", "M"):
         assert {stem(f) for f in PAPER if f"/{target}/" in f} == {
             "paoa", "paoa_plus", "paoa_plus_k2", "paoa_plus_k3", "paoa_plus_k4", "baseline", "aux",
@@ -98,15 +97,15 @@ def metrics(out):
         return [json.loads(line) for line in f]
 
 
-def test_synthetic_paoa_trains_then_paoa_plus_adapts_on_multi_split_targets(synthetic_root, tmp_path):
+def test_synthetic_paoa_trains_then_paoa_plus_adapts_on_multi_split_targets(synthetic_root, tmp_path,
+                                                                             paoa_split_target):
     run_train_net("projects/PAOA/configs/Synthetic/paoa.yml", tmp_path / "paoa", synthetic_root)
     logged = metrics(tmp_path / "paoa")
     assert all(k in logged[-1] for k in ("loss_saliency", "grad_conflict_share", "grad_cosine"))
     assert set(results_json(tmp_path / "paoa")["splits"]) == {"SynthDomain3", "SynthDomain0"}
-    register_split_target()
     weights = str(tmp_path / "paoa" / "model_final.pth")
     results = run_train_net("projects/PAOA/configs/Synthetic/paoa_plus.yml", tmp_path / "plus", synthetic_root,
-                            "MODEL.WEIGHTS", weights, "DATASETS.TESTS", '("PAOATestSplits", "SynthDomain0")',
+                            "MODEL.WEIGHTS", weights, "DATASETS.TESTS", f'("{paoa_split_target}", "SynthDomain0")',
                             "TEST.ADAPT.STEPS", "2", flags=["--eval-only"])
     assert set(results) == {"PAOATestSplits", "SynthDomain0", "average"}
     assert set(results_json(tmp_path / "plus")["splits"]) == {"PAOATestSplits@0", "PAOATestSplits@1", "SynthDomain0"}

@@ -4,7 +4,7 @@ sees the gradients averaged over processes and micro-batches, so every rank appl
 import torch
 from fastreid.utils.events import EventStorage
 
-import paoa_test_utils  # noqa: F401  (project discovery: registers the combiners)
+import paoa_testutils  # noqa: F401  (project discovery: registers the combiners)
 from test_paoa_grad_surgery import TwoHeads, toy_cfg
 
 STEPS = 4
@@ -31,7 +31,7 @@ def train(model, data, accum):
 
 
 def worker(rank, world_size):
-    import paoa_test_utils  # noqa: F401  (fresh interpreter: register the combiners again)
+    import paoa_testutils  # noqa: F401  (fresh interpreter: register the combiners again)
     model = torch.nn.parallel.DistributedDataParallel(TwoHeads())
     mine = [{k: v.chunk(world_size)[rank] for k, v in b.items()} for b in batches()]
     micro = [{k: v.chunk(2)[i] for k, v in b.items()} for b in mine for i in range(2)]

@@ -8,7 +8,7 @@ import torch
 from fastreid.utils.events import EventStorage
 from torch import nn
 
-from paoa_test_utils import REPO  # (project discovery: registers the combiners)
+from paoa_testutils import REPO  # (project discovery: registers the combiners)
 from plugins.engine import DGStep, build_optimizer
 from plugins.grad_surgery import SMALL, CalibrateAux, CalibratePrimary, Mutual, inner_products, project
 from plugins.registry import GRAD_COMBINERS

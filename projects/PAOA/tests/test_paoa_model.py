@@ -8,7 +8,7 @@ import torch
 from fastreid.modeling.meta_arch import build_model
 from fastreid.utils.events import EventStorage
 
-from paoa_test_utils import load_cfg, tiny_batch, tiny_cfg, tiny_model
+from paoa_testutils import load_cfg, tiny_batch, tiny_cfg, tiny_model
 from paoa.modeling import SaliencyHead, saliency_l1, saliency_target
 
 

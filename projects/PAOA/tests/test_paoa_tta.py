@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from paoa_test_utils import tiny_batch, tiny_cfg, tiny_model
+from paoa_testutils import tiny_batch, tiny_cfg, tiny_model
 from plugins.engine.tta import extract
 from plugins.registry import TEST_ADAPTERS
 from plugins.tta_aux import AuxLossAdapter

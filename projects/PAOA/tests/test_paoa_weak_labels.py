@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from paoa_test_utils import REPO, load_cfg
+from paoa_testutils import REPO, load_cfg
 from paoa.saliency import centre_prior, estimate_saliency
 from paoa.weak_labels import MirrorTreeLabels, MissingWeakLabel, SyntheticMasks, build_weak_labels, main
 

@@ -1,13 +1,10 @@
-"""PTLTrainer: DGTrainer with the target-domain loader as extra loader (hook point d) and the
+"""PTLTrainer: DGTrainer with the target-domain loader as extra loader (hook point: extra loaders) and the
 attribute classes filled in from the label table before the model is built. With PTL.SSG.ENABLED
 it runs the clustering fine-tuning stage instead (pseudo-label hook + loader swaps, ptl/ssg.py)."""
 import logging
-import os
 
-from fastreid.utils import comm
-
-from plugins.engine import DGTrainer
-from plugins.registry import TRAINER_REGISTRY, register_as
+from plugins.engine import DGTrainer, update_config
+from plugins.registry import TRAINER_REGISTRY
 
 from . import ssg
 from .data import attribute_spec, build_source_loader, build_target_loader, uses
@@ -15,7 +12,7 @@ from .data import attribute_spec, build_source_loader, build_target_loader, uses
 logger = logging.getLogger(__name__)
 
 
-@register_as(TRAINER_REGISTRY, "PTLTrainer")
+@TRAINER_REGISTRY.register()
 class PTLTrainer(DGTrainer):
     @classmethod
     def checkpoint_optional_keys(cls, cfg):
@@ -38,18 +35,11 @@ class PTLTrainer(DGTrainer):
         self.ssg = ssg.SSGStage(self, cfg)
         return [self.ssg.hook()]
 
-    @staticmethod
-    def auto_scale_hyperparams(cfg, num_classes):
-        cfg = DGTrainer.auto_scale_hyperparams(cfg, num_classes)
+    def prepare(self, cfg, train_set):
+        """Before the model: PTL.ATTR.NUM_CLASSES from the attribute table (`attribute_spec`),
+        unless given; written to config.yaml, so --eval-only with that file needs no table."""
         spec = attribute_spec(cfg)
         if spec is not None and not cfg.PTL.ATTR.NUM_CLASSES:
-            frozen = cfg.is_frozen()
-            cfg.defrost()
-            cfg.PTL.ATTR.NUM_CLASSES = list(spec.num_classes)
+            cfg = update_config(cfg, {"PTL.ATTR.NUM_CLASSES": list(spec.num_classes)})
             logger.info("PTL attributes: " + ", ".join(f"{n} ({m})" for n, m in zip(spec.names, spec.num_classes)))
-            if comm.is_main_process() and cfg.OUTPUT_DIR:   # so --eval-only with this file needs no table
-                with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-                    f.write(cfg.dump())
-            if frozen:
-                cfg.freeze()
         return cfg

@@ -10,12 +10,10 @@ import os
 import pytest
 import torch
 from fastreid.utils.events import EventStorage
-from plugins.projects import import_projects
 
-import_projects()
-from plugins.config import get_dg_cfg  # noqa: E402
-from plugins.engine import TRAINER_REGISTRY  # noqa: E402
-from tests.e2e_utils import REPO, results_json, run_train_net  # noqa: E402
+from plugins.config import get_dg_cfg
+from plugins.engine import TRAINER_REGISTRY
+from tests.e2e_utils import REPO, results_json, run_train_net
 
 CONFIG_DIR = os.path.join(REPO, "projects", "PTL", "configs")
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yml"), recursive=True)

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from plugins.projects import import_projects
 
-import_projects()
-from ptl import labels as L  # noqa: E402
-from ptl.data import build_target_loader  # noqa: E402
+from ptl import labels as L
+from ptl.data import build_target_loader
 
 SPEC = L.AttributeSpec(("gender", "upper_color", "bag"), (("male", "female"), ("red", "blue", "gray"),
                                                           ("no", "yes")))

@@ -4,11 +4,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from plugins.projects import import_projects
 
-import_projects()   # projects/<Name> on sys.path: the `ptl` package
-from ptl.heads import AttributeHeads, ParsingHead  # noqa: E402
-from ptl.losses import attribute_loss, one_hot_attributes, parsing_loss, resize_labels  # noqa: E402
+from ptl.heads import AttributeHeads, ParsingHead
+from ptl.losses import attribute_loss, one_hot_attributes, parsing_loss, resize_labels
 
 
 def _log_softmax(v):

@@ -8,11 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from plugins.projects import import_projects
-
-import_projects()
-from ptl import labels as L  # noqa: E402
-from ptl import make_labels as M  # noqa: E402
+from ptl import labels as L
+from ptl import make_labels as M
 
 SPEC = L.AttributeSpec(("gender", "bag"), (("m", "f"), ("no", "yes", "unknown")))
 K = 5

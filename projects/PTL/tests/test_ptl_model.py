@@ -2,13 +2,11 @@
 inference path (ReID feature only, proxy heads unused)."""
 import pytest
 import torch
-from plugins.projects import import_projects
 
-import_projects()
-from fastreid.modeling.meta_arch import build_model  # noqa: E402
-from plugins.config import get_dg_cfg  # noqa: E402
+from fastreid.modeling.meta_arch import build_model
+from plugins.config import get_dg_cfg
 
-from ptl.losses import attribute_loss, parsing_loss  # noqa: E402
+from ptl.losses import attribute_loss, parsing_loss
 
 SIZES = (2, 3)
 

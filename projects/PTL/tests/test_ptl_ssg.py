@@ -5,14 +5,12 @@ import types
 import numpy as np
 import pytest
 import torch
-from plugins.projects import import_projects
 
-import_projects()
-from fastreid.layers.pooling import GlobalMaxPool  # noqa: E402
-from fastreid.modeling.losses import triplet_loss  # noqa: E402
-from plugins.config import get_dg_cfg  # noqa: E402
+from fastreid.layers.pooling import GlobalMaxPool
+from fastreid.modeling.losses import triplet_loss
+from plugins.config import get_dg_cfg
 
-from ptl.ssg import PartFeatures, adaptive_eps, cluster_parts, pool_parts, ssg_losses  # noqa: E402
+from ptl.ssg import PartFeatures, adaptive_eps, cluster_parts, pool_parts, ssg_losses
 
 
 def _ssg(**kw):

@@ -9,17 +9,14 @@ from fastreid.utils import comm
 
 from plugins.data import DGCommDataset, build_dg_test_loader, build_dg_train_loader, build_dg_train_set
 from plugins.engine import DGTrainer
+from plugins.engine.step import unwrap
 from plugins.engine.tta import extract
 from plugins.graph_sampler import GraphSampler, GraphSamplerHook
-from plugins.registry import TRAINER_REGISTRY, register_as
+from plugins.registry import TRAINER_REGISTRY
 
 from .evaluation import TALEvaluator, qaconv_dist_fn
 
 logger = logging.getLogger(__name__)
-
-
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
 
 
 @torch.no_grad()
@@ -33,7 +30,7 @@ def extract_all(cfg, model, items):
     return torch.cat([extract(model, batch) for batch in loader])
 
 
-@register_as(TRAINER_REGISTRY, "TALTrainer")
+@TRAINER_REGISTRY.register()
 class TALTrainer(DGTrainer):
     _scoring_model = None   # the model TALTrainer.test evaluates (build_evaluator has no model)
 
@@ -55,7 +52,7 @@ class TALTrainer(DGTrainer):
 
     def graph_distance(self, indices):
         """All-pairs matching distance (-logits of the test streams) between training images."""
-        model = _unwrap(self.model)
+        model = unwrap(self.model)
         items = [self._trainer.data_loader.dataset.img_items[i] for i in indices]
         feats = extract_all(self.cfg, model, items)
         with inference_context(model):
@@ -74,7 +71,7 @@ class TALTrainer(DGTrainer):
         if cfg.TEST.FLIP.ENABLED:
             logger.warning("TEST.FLIP averages the maps of an image and of its mirror, which are not "
                            "aligned: QAConv matching is meant to run with TEST.FLIP.ENABLED False")
-        cls._scoring_model = _unwrap(model)
+        cls._scoring_model = unwrap(model)
         try:
             return super().test(cfg, model)
         finally:

@@ -8,10 +8,8 @@ import plugins  # noqa: F401
 from fastreid.modeling.meta_arch import build_model
 from plugins.config import get_dg_cfg
 from plugins.evaluation import evaluate_rank_dist_fn, evaluate_rank_distmat
-from plugins.projects import import_projects
 
-import_projects()   # puts projects/TAL on sys.path and registers TAL
-from tal import hard_triplet_loss, pairwise_bce_loss, qaconv_dist_fn  # noqa: E402
+from tal import hard_triplet_loss, pairwise_bce_loss, qaconv_dist_fn
 
 SYNTH = "projects/TAL/configs/Synthetic/tal.yml"
 

@@ -1,5 +1,6 @@
-"""VehicleID test sets of Table 4 (test size 1600 and 3200) with the standard protocol: for each of
-10 seeded draws, one random image per vehicle is the gallery and the rest are queries.
+"""VehicleID test sets (test size 1600 and 3200; ADIN's Table 4 uses both) with the standard
+protocol: for each of 10 seeded draws, one random image per vehicle is the gallery and the rest
+are queries.
 
 fastreid's MediumVehicleID (1600) draws its gallery with an unseeded shuffle and has no 3200 set;
 these read the same `vehicleid/train_test_split/test_list_{1600,3200}.txt` files, and the DG

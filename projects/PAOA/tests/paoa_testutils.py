@@ -7,13 +7,10 @@ from torch import nn
 
 import plugins  # noqa: F401  (fastreid shims first)
 import datasets_ext  # noqa: F401
-from plugins.projects import import_projects
+import paoa  # noqa: F401  (importable through the root conftest's project discovery; registers the combiners)
+from fastreid.modeling.backbones import BACKBONE_REGISTRY
+from tests.e2e_utils import REPO
 
-import_projects()   # puts projects/PAOA on sys.path: `import paoa` works from here on
-
-from fastreid.modeling.backbones import BACKBONE_REGISTRY  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIGS = os.path.join(REPO, "projects", "PAOA", "configs")
 
 # Paper-size configs (ResNet-50, 256x128, real datasets) -> synthetic domains, ResNet-18, 64x32,
@@ -81,20 +78,3 @@ def tiny_batch(n=8, size=(32, 16), seed=0, ids=4):
             "targets": torch.arange(n) % ids,
             "saliency": (torch.rand(n, h, w, generator=g) > 0.5).long() * 255}
 
-
-def register_split_target():
-    """A two-split target over SynthDomain3 (queries split by parity), registered once: the
-    synthetic benchmark has no multi-split set, the traditional protocol's targets all are."""
-    from fastreid.data.datasets import DATASET_REGISTRY
-    from datasets_ext.synthetic.dataset import SynthDomain3
-    if "PAOATestSplits" in DATASET_REGISTRY._obj_map:
-        return
-
-    class PAOATestSplits(SynthDomain3):
-        NUM_SPLITS = 2
-
-        def __init__(self, root="datasets", split_id=0, **kwargs):
-            super().__init__(root, **kwargs)
-            self._query = self.query[split_id::2]
-
-    DATASET_REGISTRY.register(PAOATestSplits)

@@ -6,12 +6,10 @@ import yaml
 
 import plugins  # noqa: F401  (fastreid shims first)
 import datasets_ext  # noqa: F401
-from plugins.projects import import_projects
+import domainmix  # noqa: F401  (importable through the root conftest's project discovery)
+from tests.e2e_utils import REPO
 
-import_projects()   # projects/DomainMix on sys.path: `import domainmix` works from here on
-
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO = os.path.dirname(os.path.dirname(PROJECT))
+PROJECT = os.path.join(REPO, "projects", "DomainMix")
 CONFIGS = os.path.join(PROJECT, "configs")
 
 # Real datasets -> synthetic domains (each task A + B -> C stays three distinct domains).
