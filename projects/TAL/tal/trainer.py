@@ -10,7 +10,7 @@ from fastreid.utils import comm
 from plugins.data import DGCommDataset, build_dg_test_loader, build_dg_train_loader, build_dg_train_set
 from plugins.engine import DGTrainer
 from plugins.engine.tta import extract
-from plugins.graph_sampler import GraphSampler, GraphSamplerHook
+from .graph_sampler import GraphSampler, GraphSamplerHook
 from plugins.registry import TRAINER_REGISTRY, register_as
 
 from .evaluation import TALEvaluator, qaconv_dist_fn

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import plugins  # noqa: F401
-from plugins import graph_sampler as gs
-from plugins.graph_sampler import GraphSampler, GraphSamplerHook, graph_batches
+from tal import graph_sampler as gs
+from tal.graph_sampler import GraphSampler, GraphSamplerHook, graph_batches
 
 NUM_IDS, IDS_PER_BATCH, INSTANCES = 12, 4, 3
 
