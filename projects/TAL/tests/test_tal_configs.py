@@ -64,6 +64,9 @@ def test_config_builds_a_trainer(config, synthetic_root, tmp_path):
     for key in ("MODEL", "SOLVER", "INPUT", "TAL", "DATALOADER", "DATASETS"):   # trained like its twin
         assert cfg[key] == twin[key], key
     trainer = TALTrainer(cfg)
+    # QAConv-GS's epoch: one graph batch per training identity (a tiny domain has 8 training and
+    # 6 test identities; COMBINEALL trains on both)
+    assert trainer.iters_per_epoch == (14 if cfg.DATASETS.COMBINEALL else 8) * len(cfg.DATASETS.NAMES)
     # K: one expert per source, or per training camera (the tiny benchmark has 3 per domain)
     k = 3 if cfg.DATASETS.DOMAIN_LABEL == "camera" else len(cfg.DATASETS.NAMES)
     assert type(trainer.model).__name__ == "TAL" and trainer.model.num_domains == k
@@ -71,7 +74,9 @@ def test_config_builds_a_trainer(config, synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("config", RUNS)
 def test_config_trains_and_evaluates(config, synthetic_root, tmp_path):
-    opts = tiny_overrides(config)
+    # 3 steps per epoch, as the image-based epoch gave (QAConv-GS's epoch, one step per anchor
+    # identity, is tested in test_tal_guards.py)
+    opts = tiny_overrides(config) + ["SOLVER.ITERS_PER_EPOCH", "3"]
     results = run_train_net(config, tmp_path, synthetic_root, *opts)
     results = results.get("average", results)   # several targets: their mean
     assert 0 <= results["Rank-1"] <= 100 and 0 < results["mAP"] <= 100
