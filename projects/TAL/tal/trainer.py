@@ -33,8 +33,8 @@ def _unwrap(model):
 
 @torch.no_grad()
 def extract_all(cfg, model, items):
-    """The model's flat eval outputs for training items (test transforms, in item order, every
-    process computes all of them: the graph must be the same everywhere)."""
+    """The model's flat eval outputs for training items (test transforms, in item order). For the
+    graph, only process 0 calls it under DDP (GraphSamplerHook broadcasts the distances)."""
     data = DGCommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
                                          num_workers=cfg.DATALOADER.NUM_WORKERS,
