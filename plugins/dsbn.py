@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["DSBN2d", "DABN2d", "convert_dsbn", "norm_route", "norm_layers",
+__all__ = ["DSBN2d", "DABN2d", "convert_dsbn", "norm_route", "norm_layers", "average_running_stats",
            "DOMAIN", "EXPERT", "AVERAGE", "ADAPTIVE", "SHARED"]
 
 DOMAIN, EXPERT, AVERAGE, ADAPTIVE, SHARED = "domain", "expert", "average", "adaptive", "shared"
@@ -195,3 +195,31 @@ def norm_route(module_or_layers, mode, arg=None):
     finally:
         for m, r in zip(layers, old):
             m.route = r
+
+
+@torch.no_grad()
+def average_running_stats(module):
+    """All-reduce every BN running mean and variance of `module` (plain BNs and every DSBN expert)
+    to their mean over the processes; a no-op in a single process. Returns the number of buffers.
+
+    Under DDP each process normalises its own batch (batch statistics stay per process, as with
+    unsynchronised BN; DSBN routes samples by domain, which SyncBN cannot) and updates its own
+    running statistics, so they drift apart. Called after every step, this keeps them identical
+    on every process; since the running update is linear, the result is the running average of
+    the processes' mean batch statistics (an expert that saw no sample of its domain on one
+    process still enters the mean with its old value)."""
+    import torch.distributed as torch_dist
+    if not (torch_dist.is_available() and torch_dist.is_initialized()) or torch_dist.get_world_size() == 1:
+        return 0
+    bufs = [b for name, b in module.named_buffers()
+            if name.endswith(("running_mean", "running_var")) and b.is_floating_point()]
+    if not bufs:
+        return 0
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    torch_dist.all_reduce(flat)
+    flat /= torch_dist.get_world_size()
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+    return len(bufs)

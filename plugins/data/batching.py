@@ -5,7 +5,7 @@ IMS_PER_BATCH / NUM_INSTANCE identities per batch and K = NUM_INSTANCE images of
 than P identities, or a batch that is not a whole number of K-image groups, they loop forever
 without yielding a batch (training hangs); with fewer images than one batch, `len(set) //
 IMS_PER_BATCH` epochs have 0 iterations and training silently does nothing. Every loader builder of
-the toolbox (`plugins.data.build_dg_train_loader`, `plugins.graph_sampler.GraphSampler`, the
+the toolbox (`plugins.data.build_dg_train_loader`, TAL's `tal.graph_sampler.GraphSampler`, the
 trainer's epoch length) calls these checks, so each case is a `BatchSizeError` naming the training
 set, the identities and images found, and the batch that needs more.
 """

@@ -74,7 +74,7 @@ def test_batch_not_a_multiple_of_instances_and_multi_process_need():
 
 
 def test_graph_sampler_checks_at_construction():
-    from plugins.graph_sampler import GraphSampler
+    from tal.graph_sampler import GraphSampler
     with pytest.raises(BatchSizeError, match=r"^TAL set \(graph sampler\): 3 identities / 9 images found, .* "
                                              r"needs 4 identities"):
         GraphSampler(items_with(3), 16, 4, seed=0, source="TAL set")

@@ -191,7 +191,7 @@ def test_tal_resumed_inside_an_epoch_samples_from_that_epochs_graph(synthetic_ro
     """TAL's graph (published before each epoch) is checkpointed and re-published on resume; the
     batches themselves are not bit-identical (the plan's shuffles are drawn anew)."""
     from plugins.engine.step import DGStep
-    from plugins.graph_sampler import GraphSampler
+    from tal.graph_sampler import GraphSampler
     config = "projects/TAL/configs/Synthetic/tal.yml"
     opts = ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "DATALOADER.NUM_INSTANCE", "4",
             "SOLVER.IMS_PER_BATCH", "32", "SEED", "0", "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "3",

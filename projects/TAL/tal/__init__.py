@@ -3,8 +3,8 @@ QAConv-GS graph sampling and pairwise evaluation. Importing registers the meta-a
 and the trainer "TALTrainer"."""
 import plugins  # noqa: F401  (fastreid shims first)
 from plugins.dsbn import DABN2d, DSBN2d, convert_dsbn, norm_route  # noqa: F401
-from plugins.graph_sampler import GraphSampler, GraphSamplerHook, graph_batches  # noqa: F401
-from plugins.qaconv import MSDAQAConv, MSQAConv, QAConvHead, qaconv_responses  # noqa: F401
+from .graph_sampler import GraphSampler, GraphSamplerHook, graph_batches  # noqa: F401
+from .qaconv import MSDAQAConv, MSQAConv, QAConvHead, qaconv_responses  # noqa: F401
 
 from .config import add_tal_config
 from .evaluation import TALEvaluator, qaconv_dist_fn  # noqa: F401

@@ -23,11 +23,21 @@ def add_tal_config(cfg):
     m.DS_PAIRS = "domain"       # domain-labelled DS loss over same-domain pairs ("domain") or "all"
     m.LOSS = "triplet"          # "triplet" (Eq. 7, batch hard) | "bce" (QAConv's pairwise BCE)
     m.MARGIN = 16.0             # m of Eq. 7, on logits (QAConv's triplet default)
+    m.FREEZE_LOGIT_SCALE = False  # keep every matcher's logit-BN gamma at 1 (untrained); the
+                                  # reference trains it, this avoids the Eq. 7 collapse (README)
 
     t = cfg.TAL = CN()
     t.GRAPH = CN()
     t.GRAPH.ENABLED = True      # QAConv-GS graph sampler (else DATALOADER.SAMPLER_TRAIN)
     t.GRAPH.PERIOD = 1          # rebuild the graph every this many epochs
+    # Epoch length when SOLVER.ITERS_PER_EPOCH is 0: "anchors" = QAConv-GS's epoch, every identity
+    # anchors one graph batch (ceil(ids / processes) steps); "images" = len(train set) // IMS_PER_BATCH
+    t.GRAPH.EPOCH = "anchors"
+    t.GUARD = CN()
+    # Stop training when a matcher's logit-BN gamma (its logit scale) falls below this: -> 0 is the
+    # Eq. 7 collapse (all logits equal, loss = m), < 0 inverts every ranking. 0: check only the
+    # sign; < 0: no check.
+    t.GUARD.MIN_LOGIT_SCALE = 0.01
     t.EVAL = CN()
     t.EVAL.MEMORY_MB = 1024     # bound on transient memory of pairwise scoring blocks
     t.EVAL.TOPK = 0             # > 0: rescore only the top-k gallery items by global features

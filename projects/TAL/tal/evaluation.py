@@ -10,7 +10,7 @@ import torch
 from fastreid.evaluation.evaluator import inference_context
 
 from plugins.evaluation import DEFAULT_CHUNK_SIZE, DGReidEvaluator, evaluate_rank_dist_fn
-from plugins.qaconv import blockwise_scores
+from .qaconv import blockwise_scores
 
 logger = logging.getLogger(__name__)
 

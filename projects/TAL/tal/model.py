@@ -1,7 +1,7 @@
 """TAL: two-stream adaptive learning (Yan et al.), as a fastreid meta-architecture.
 
 One backbone (shared convolutions) whose every BN is a DSBN2d (plugins.dsbn), with a 3x3 conv + BN
-neck per matched stage, then L2-normalised maps matched by (MS-)QAConv (plugins.qaconv).
+neck per matched stage, then L2-normalised maps matched by (MS-)QAConv (tal.qaconv).
 
 Training (one hybrid-source batch, three passes):
   DS, Eq. 1     each sample through its own domain's BNs -> MS-QAConv -> loss_ds;
@@ -23,7 +23,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from torch import nn
 
 from plugins.dsbn import ADAPTIVE, AVERAGE, DOMAIN, EXPERT, SHARED, convert_dsbn, norm_route
-from plugins.qaconv import MSDAQAConv, MSQAConv
+from .qaconv import MSDAQAConv, MSQAConv
 
 from .losses import matching_loss
 

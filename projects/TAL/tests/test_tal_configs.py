@@ -34,12 +34,21 @@ SAME_RUN = {
     "projects/TAL/configs/Protocol2/tal_to_MS.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
     "projects/TAL/configs/Ablations/t3_ibn_tal.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
     "projects/TAL/configs/Ablations/t6_res4_res5.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
-    "projects/TAL/configs/Ablations/t4_di_dabn.yml": "projects/TAL/configs/Ablations/t3_ibn_di.yml",
-    "projects/TAL/configs/Ablations/t5_ds_msda.yml": "projects/TAL/configs/Ablations/t3_ibn_ds.yml",
     "projects/TAL/configs/Protocol1/tal_msmt.yml": "projects/TAL/configs/Protocol1/tal_market.yml",
     "projects/TAL/configs/Protocol1/tal_randperson.yml": "projects/TAL/configs/Protocol1/tal_market.yml",
 }
-RUNS = [c for c in CONFIGS if c not in SAME_RUN and not os.path.basename(c).startswith("Base-")]
+# Table 3's DS and DI rows (and Tables 4-5's DABN / MSDA-QAConv rows, the same streams): one stream
+# of the jointly trained TAL model, evaluated alone (--eval-only) -> the config that trains it
+EVAL_ONLY = {
+    "projects/TAL/configs/Ablations/t3_ibn_ds.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
+    "projects/TAL/configs/Ablations/t3_ibn_di.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
+    "projects/TAL/configs/Ablations/t4_di_dabn.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
+    "projects/TAL/configs/Ablations/t5_ds_msda.yml": "projects/TAL/configs/Protocol2/tal_to_M.yml",
+    "projects/TAL/configs/Ablations/t3_r50_ds.yml": "projects/TAL/configs/Ablations/t3_r50_tal.yml",
+    "projects/TAL/configs/Ablations/t3_r50_di.yml": "projects/TAL/configs/Ablations/t3_r50_tal.yml",
+}
+EVAL_STREAMS = {"ds": ["ds"], "di": ["di"], "dabn": ["di"], "msda": ["ds"]}
+RUNS = [c for c in CONFIGS if c not in SAME_RUN and c not in EVAL_ONLY and not os.path.basename(c).startswith("Base-")]
 EXPECTED_LOSSES = {"ds": {"loss_ds", "loss_ds_hybrid"}, "di": {"loss_di"}, "base": {"loss_base"}}
 
 
@@ -52,16 +61,57 @@ def _cfg(config, root, *opts):
 
 def test_every_config_is_listed():
     assert len(CONFIGS) == 30 and set(SAME_RUN) <= set(CONFIGS) and set(SAME_RUN.values()) <= set(RUNS)
+    assert set(EVAL_ONLY) <= set(CONFIGS) and set(EVAL_ONLY.values()) <= set(RUNS) and len(RUNS) == 16
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c in SAME_RUN or os.path.basename(c).startswith("Base-")])
+@pytest.mark.parametrize("config", sorted(EVAL_ONLY))
+def test_eval_only_rows_are_one_stream_of_the_trained_model(config, synthetic_root):
+    """The config equals the trained model's in everything but the evaluated streams and
+    MODEL.WEIGHTS, which is the checkpoint that config writes."""
+    cfg, twin = _cfg(config, synthetic_root), _cfg(EVAL_ONLY[config], synthetic_root)
+    stream = config.rsplit("_", 1)[1][:-len(".yml")]
+    assert list(cfg.MODEL.TAL.TEST_STREAMS) == EVAL_STREAMS[stream]
+    assert cfg.MODEL.WEIGHTS == os.path.join(twin.OUTPUT_DIR, "model_final.pth")
+    for node in (cfg, twin):
+        node.defrost()
+        node.MODEL.TAL.TEST_STREAMS, node.MODEL.WEIGHTS = [], ""
+    for key in ("MODEL", "SOLVER", "INPUT", "TAL", "DATALOADER", "DATASETS"):
+        assert cfg[key] == twin[key], key
+
+
+def test_table3_streams_evaluated_from_one_trained_model(synthetic_root, tmp_path):
+    """Train the full TAL (tiny), then evaluate its DS and DI networks alone with the eval-only
+    configs; the DS + DI evaluation of the checkpoint reproduces the training run's numbers."""
+    trained = tmp_path / "tal"
+    opts = tiny_overrides("projects/TAL/configs/Protocol2/tal_to_M.yml") + ["SOLVER.ITERS_PER_EPOCH", "3"]
+    full = run_train_net("projects/TAL/configs/Protocol2/tal_to_M.yml", trained, synthetic_root, *opts)
+    weights = ["MODEL.WEIGHTS", str(trained / "model_final.pth")]
+    res = {s: run_train_net(f"projects/TAL/configs/Ablations/t3_ibn_{s}.yml", tmp_path / s, synthetic_root,
+                            *opts, *weights, flags=["--eval-only"]) for s in ("ds", "di")}
+    both = run_train_net("projects/TAL/configs/Protocol2/tal_to_M.yml", tmp_path / "both", synthetic_root,
+                         *opts, *weights, flags=["--eval-only"])
+    assert both["mAP"] == pytest.approx(full["mAP"], abs=1e-4)
+    assert both["Rank-1"] == pytest.approx(full["Rank-1"], abs=1e-4)
+    assert res["ds"]["mAP"] != res["di"]["mAP"] and both["mAP"] not in (res["ds"]["mAP"], res["di"]["mAP"])
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c in SAME_RUN or c in EVAL_ONLY
+                                    or os.path.basename(c).startswith("Base-")])
 def test_config_builds_a_trainer(config, synthetic_root, tmp_path):
     from tal import TALTrainer
     cfg = _cfg(config, synthetic_root, "OUTPUT_DIR", str(tmp_path))
     twin = _cfg(SAME_RUN.get(config, config), synthetic_root, "OUTPUT_DIR", str(tmp_path))
     for key in ("MODEL", "SOLVER", "INPUT", "TAL", "DATALOADER", "DATASETS"):   # trained like its twin
         assert cfg[key] == twin[key], key
+    if config.endswith("Base-TAL.yml"):   # QAConv-GS's optimiser (main.py): nesterov, backbone 0.1x, clip 8
+        s = cfg.SOLVER
+        assert (s.NESTEROV, s.LR_MULTIPLIERS, s.CLIP_GRADIENTS.ENABLED, s.CLIP_GRADIENTS.CLIP_TYPE,
+                s.CLIP_GRADIENTS.CLIP_VALUE, cfg.MODEL.TAL.LOSS, cfg.MODEL.TAL.MARGIN) == \
+            (True, [["backbone", 0.1]], True, "norm", 8.0, "triplet", 16.0)
     trainer = TALTrainer(cfg)
+    # QAConv-GS's epoch: one graph batch per training identity (a tiny domain has 8 training and
+    # 6 test identities; COMBINEALL trains on both)
+    assert trainer.iters_per_epoch == (14 if cfg.DATASETS.COMBINEALL else 8) * len(cfg.DATASETS.NAMES)
     # K: one expert per source, or per training camera (the tiny benchmark has 3 per domain)
     k = 3 if cfg.DATASETS.DOMAIN_LABEL == "camera" else len(cfg.DATASETS.NAMES)
     assert type(trainer.model).__name__ == "TAL" and trainer.model.num_domains == k
@@ -69,7 +119,9 @@ def test_config_builds_a_trainer(config, synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("config", RUNS)
 def test_config_trains_and_evaluates(config, synthetic_root, tmp_path):
-    opts = tiny_overrides(config)
+    # 3 steps per epoch, as the image-based epoch gave (QAConv-GS's epoch, one step per anchor
+    # identity, is tested in test_tal_guards.py)
+    opts = tiny_overrides(config) + ["SOLVER.ITERS_PER_EPOCH", "3"]
     results = run_train_net(config, tmp_path, synthetic_root, *opts)
     results = results.get("average", results)   # several targets: their mean
     assert 0 <= results["Rank-1"] <= 100 and 0 < results["mAP"] <= 100

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import plugins  # noqa: F401
-from plugins import graph_sampler as gs
-from plugins.graph_sampler import GraphSampler, GraphSamplerHook, graph_batches
+from tal import graph_sampler as gs
+from tal.graph_sampler import GraphSampler, GraphSamplerHook, graph_batches
 
 NUM_IDS, IDS_PER_BATCH, INSTANCES = 12, 4, 3
 
@@ -53,26 +53,31 @@ def test_batches_hold_an_identity_and_its_nearest_identities():
     assert anchors == set(range(NUM_IDS))                               # every id anchors once
 
 
-def test_graph_batches_and_ddp_slices(monkeypatch):
+def test_graph_batches_and_ddp_whole_graph_batches(monkeypatch):
+    """Under DDP each process takes whole graph batches, round robin: process r of 2 yields the
+    single-process stream's batches r, r + 2, ...; an epoch is ceil(ids / 2) steps."""
     dist, pos = _distance(5)
     rows = graph_batches(dist, IDS_PER_BATCH)
     assert rows.shape == (NUM_IDS, IDS_PER_BATCH) and (rows[:, 0] == np.arange(NUM_IDS)).all()
     items = _items(np.random.default_rng(1))
+    size = IDS_PER_BATCH * INSTANCES
     streams = []
-    for rank in range(2):   # two processes: each yields its half of every global batch
+    for rank in range(2):
         monkeypatch.setattr(gs.comm, "get_rank", lambda r=rank: r)
         monkeypatch.setattr(gs.comm, "get_world_size", lambda: 2)
-        s = GraphSampler(items, IDS_PER_BATCH * INSTANCES // 2, INSTANCES, seed=7)
+        s = GraphSampler(items, size, INSTANCES, seed=7)
+        assert s.batch_size == size and s.epoch_iterations() == NUM_IDS // 2
         s.publish(dist)
-        streams.append(list(itertools.islice(iter(s), 6 * s.batch_size // 2)))
+        streams.append(list(itertools.islice(iter(s), 6 * size)))
     monkeypatch.undo()
-    single = GraphSampler(items, IDS_PER_BATCH * INSTANCES, INSTANCES, seed=7)
+    single = GraphSampler(items, size, INSTANCES, seed=7)
+    assert single.epoch_iterations() == NUM_IDS
     single.publish(dist)
-    whole = list(itertools.islice(iter(single), 6 * single.batch_size))
-    half = single.batch_size // 2
-    for b in range(6):
-        assert streams[0][b * half:(b + 1) * half] + streams[1][b * half:(b + 1) * half] == \
-            whole[b * 2 * half:(b + 1) * 2 * half]
+    whole = list(itertools.islice(iter(single), 12 * size))
+    for b in range(12):
+        assert streams[b % 2][(b // 2) * size:(b // 2 + 1) * size] == whole[b * size:(b + 1) * size]
+    anchors = [_pid(items, whole[b * size]) for b in range(12)]   # one pass: every id anchors once
+    assert sorted(anchors) == list(range(NUM_IDS))
 
 
 def test_hook_publishes_the_model_distance_of_representatives():

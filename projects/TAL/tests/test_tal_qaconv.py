@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import plugins  # noqa: F401
-from plugins.qaconv import (MSDAQAConv, MSQAConv, block_shape, blockwise_scores, qaconv_responses,
+from tal.qaconv import (MSDAQAConv, MSQAConv, block_shape, blockwise_scores, qaconv_responses,
                             qaconv_responses_paired)
 
 

@@ -12,22 +12,31 @@ fastreid's); the distances are computed in the training loop's main thread by
 model must not be touched). The hook publishes a new plan; the sampler switches to it at its next
 batch boundary, so the loader's few prefetched batches still come from the previous plan. Before
 the first plan (or with `distance=None`) batches are built from random distances, i.e. random
-identities. With DDP every rank builds the same plan (same seed, same distances) and yields its
-slice of each global batch.
+identities.
+
+An epoch, as in QAConv-GS, is one pass over the anchors: every identity anchors one batch
+(`epoch_iterations`). With DDP (issue #16 item 2) process 0 computes the distances and broadcasts
+them, so every process holds the same graph and the same plan (same seed); each process then
+takes *whole* graph batches (global batches r, r + W, r + 2W, ... on rank r of W), so an anchor
+and its nearest identities are never split across processes and each process's loss is exactly
+QAConv-GS's loss on one graph batch. A step then trains on W graph batches (the gradients are
+averaged), and an epoch takes ceil(ids / W) steps.
 """
 import logging
+import math
 import threading
 from collections import OrderedDict
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from torch.utils.data.sampler import Sampler
 
 from plugins.data.batching import check_identity_batches
 
-__all__ = ["GraphSampler", "GraphSamplerHook", "graph_batches"]
+__all__ = ["GraphSampler", "GraphSamplerHook", "graph_batches", "broadcast_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +55,18 @@ def graph_batches(distance, ids_per_batch):
 class GraphSampler(Sampler):
     """Infinite index stream of graph-sampled batches (see the module docstring).
 
-    data_source: items (path, pid, ...); mini_batch_size: per-process batch (as fastreid passes
-    it); num_instances: images per identity in a batch; source: how errors name the set.
+    data_source: items (path, pid, ...); batch_size: images of one graph batch (SOLVER.IMS_PER_BATCH),
+    which is also what every process yields per step (whole graph batches, see the module
+    docstring); num_instances: images per identity in a batch; source: how errors name the set.
     Raises `plugins.data.batching.BatchSizeError` when the set has fewer identities than a batch
     needs or the batch is not a multiple of `num_instances` (no plan could yield a batch).
     """
 
-    def __init__(self, data_source, mini_batch_size, num_instances, seed=None, source="training set"):
+    def __init__(self, data_source, batch_size, num_instances, seed=None, source="training set"):
         self._rank, self._world = comm.get_rank(), comm.get_world_size()
-        self.batch_size = mini_batch_size * self._world
+        self.batch_size = batch_size
         check_identity_batches(data_source, self.batch_size, num_instances, f"{source} (graph sampler)",
-                               world_size=self._world)
+                               world_size=1)
         self.num_instances = num_instances
         self.ids_per_batch = self.batch_size // num_instances
         index = OrderedDict()
@@ -74,6 +84,10 @@ class GraphSampler(Sampler):
     @property
     def num_ids(self):
         return len(self.pids)
+
+    def epoch_iterations(self):
+        """Steps of one QAConv-GS epoch (each identity anchors one graph batch): ceil(ids / W)."""
+        return math.ceil(self.num_ids / self._world)
 
     # ------------------------------------------------------------------ main thread (the hook)
     def representatives(self):
@@ -138,14 +152,27 @@ class GraphSampler(Sampler):
                     break
 
     def __iter__(self):
-        per = self.batch_size // self._world
-        for batch in self._global_batches():
-            yield from batch[self._rank * per:(self._rank + 1) * per]
+        for i, batch in enumerate(self._global_batches()):
+            if i % self._world == self._rank:   # whole graph batches, round robin over processes
+                yield from batch
+
+
+def broadcast_distance(distance, n):
+    """Process 0's [n, n] distance matrix on every process (float32; `distance` is ignored on the
+    others, which may pass None). Without an initialised process group: `distance` unchanged."""
+    if comm.get_world_size() == 1:
+        return distance
+    device = torch.device("cuda", torch.cuda.current_device()) if torch_dist.get_backend() == "nccl" else "cpu"
+    buf = (torch.as_tensor(distance, dtype=torch.float32).to(device).contiguous() if comm.get_rank() == 0
+           else torch.empty(n, n, dtype=torch.float32, device=device))
+    torch_dist.broadcast(buf, src=0)
+    return buf.cpu()
 
 
 class GraphSamplerHook(HookBase):
     """Before every `period`-th epoch: distance_fn(representative indices) -> [n, n] distances
-    (computed here, in the training thread), published to the sampler.
+    (computed here, in the training thread, by process 0 only and broadcast to the others, so that
+    every process builds the same graph whatever its BN statistics), published to the sampler.
     Checkpointed: a resume publishes the graph in force again, so a run resumed inside an epoch
     keeps sampling from that epoch's graph (not bit-identically: the plan's shuffles are drawn anew)."""
 
@@ -167,7 +194,8 @@ class GraphSamplerHook(HookBase):
         if epoch % self.period:
             return
         reps = self.sampler.representatives()
-        dist = self.distance_fn(reps)
-        self.sampler.publish(dist)
-        self.distance = torch.as_tensor(dist).detach().cpu()
+        d = self.distance_fn(reps) if comm.get_rank() == 0 else None
+        d = broadcast_distance(d, len(reps))
+        self.sampler.publish(d)
+        self.distance = torch.as_tensor(d).detach().cpu()
         logger.info(f"graph sampler: new graph over {len(reps)} identities (epoch {epoch})")
