@@ -50,8 +50,15 @@ def _gloo_worker(local_rank, main_func, world_size, num_per_machine, machine_ran
             comm._LOCAL_PROCESS_GROUP = group
     try:
         main_func(*args)
-    finally:
+    except BaseException:   # spawn reports it and the launcher stops every worker
         dist.destroy_process_group()
+        raise
+    # A normal end: wait for every rank (none tears its connections down while a peer still
+    # communicates), then free the groups while the interpreter is fully alive. Leaving it to
+    # interpreter exit let gloo's threads abort the process now and then (SIGABRT after all work).
+    dist.barrier()
+    comm._LOCAL_PROCESS_GROUP = None
+    dist.destroy_process_group()
 
 
 _gloo_worker._cpu_shim = True
