@@ -27,8 +27,12 @@ def add_adin_config(cfg):
     s.JOINT_ITERS = 1000                     # warm-up: f_E and f_I trained jointly on L_I
     s.PRETRAIN_ITERS = 200                   # warm-up: f_N trained on Y_N with f_E frozen
     s.SWITCH = "threshold"                   # phase ends: "threshold" (validation identity error) or "iters"
-    s.I_TARGET = 0.3                         # adversarial phase ends once the identity error rises above it
-    s.I_TRIGGER = 0.15                       # identity phase ends once the identity error falls below it
+    s.THRESHOLD_MODE = "relative"            # "relative" (reference code): thresholds = e_ref + margin, e_ref the
+                                             # identity error when the adversarial phase starts; "absolute": I_TARGET / I_TRIGGER
+    s.I_TARGET_MARGIN = 0.01                 # relative: adversarial phase ends once e > e_ref + this (reference: 0.01 accuracy)
+    s.I_TRIGGER_MARGIN = 0.0                 # relative: identity phase ends once e <= e_ref + this (reference: accuracy rescued)
+    s.I_TARGET = 0.3                         # absolute: adversarial phase ends once the identity error rises above it
+    s.I_TRIGGER = 0.15                       # absolute: identity phase ends once the identity error falls below it
     s.ADV_ITERS = 200                        # adversarial phase length ("iters"), cap ("threshold", 0 = none)
     s.IDENTITY_ITERS = 200                   # identity phase length ("iters"), cap ("threshold", 0 = none)
     s.VAL = CN()                             # held-out validation subset of the training images
