@@ -17,10 +17,10 @@ def add_adin_config(cfg):
     m.ADV_LOSS = "CaNE"                      # L_adv: "none" (baseline) | "RG" | "NE" | "CaNE" | "KL-freq"
     m.BETA = 1.0                             # beta of Eq. 3, weight of L_adv
     m.ADV_DIVIDE_BY_K = False                # L_adv / K, K nuisance classes (KL-freq / K = the reference's focalEntropy)
-    m.DUAL_BRANCH = CN()                     # the dual-branch extractor (build_dual_branch_backbone)
-    m.DUAL_BRANCH.NUM_PARTS = 2              # horizontal stripes of the part branch
-    m.DUAL_BRANCH.GLOBAL_DIM = 1024          # global-branch embedding width
-    m.DUAL_BRANCH.PART_DIM = 512             # embedding width of each stripe
+    m.DUAL_BRANCH = CN()                     # the dual-branch extractor of Fig. 4 (build_dual_branch_backbone)
+    m.DUAL_BRANCH.NUM_PARTS = 2              # horizontal stripes of the part branch (Fig. 4: 2)
+    m.DUAL_BRANCH.GLOBAL_DIM = 1024          # global-branch feature width (Fig. 4: 1024)
+    m.DUAL_BRANCH.PART_DIM = 1024            # width of each stripe feature (Fig. 4: 1024)
 
     s = cfg.ADIN = CN()
     s.ADV_OBJECTIVE = "adv"                  # adversarial phase on f_E: "adv" (Eq. 7) or "identity+adv" (Eq. 3)

@@ -170,7 +170,8 @@ class PhaseLog:
 
 @torch.no_grad()
 def identity_error(model, loader):
-    """Top-1 error of f_I(f_E(x)) on `loader` (this process's shard), summed over processes."""
+    """Top-1 error of f_I(f_E(x)) on `loader`: wrong / total counted on this process's shard and
+    all-reduced, so every process gets the same value (dual branch: mean of the branches' softmax)."""
     m = unwrap(model)
     was_training = m.training
     m.eval()
@@ -178,7 +179,7 @@ def identity_error(model, loader):
     try:
         for batch in loader:
             batch = dict(batch, images=batch["images"].to(m.device))
-            logits = m.identity(m.extract(batch))
+            logits = m.identity_scores(m.extract(batch))
             targets = batch["targets"].to(logits.device)
             wrong[0] += float((logits.argmax(1) != targets).sum())
             wrong[1] += len(targets)
