@@ -232,3 +232,26 @@ def test_summary_says_when_the_adversary_never_acted():
                                           "metric": None}]) == (
         "ADIN schedule: adversarial phases: 0 finished: the adversary never acted (training ended before the "
         "first adversarial phase finished)")
+
+
+# ------------------------------------------------------------------ DDP: one decision for all ranks
+# Each process sees a different identity error (as with unsynchronised shards): alone, rank 1 would
+# end the first adversarial phase at iteration 4 instead of 5 and take another reference.
+RANK1_ERRORS = {**RELATIVE_ERRORS, 2: 0.95, 4: 0.97, 7: 0.80, 8: 0.99}
+
+
+def _rank_worker(rank, world_size):
+    errors = RELATIVE_ERRORS if rank == 0 else RANK1_ERRORS
+    sched = build_adin_schedule(_rel(), Scripted(errors))
+    names = _run(sched, 12)
+    return names, sched.state_objects["identity_reference"].reference
+
+
+def test_ranks_take_every_phase_switch_on_the_same_iteration():
+    from tests.engine.ddp_utils import run_gloo
+    alone = [_run(build_adin_schedule(_rel(), Scripted(e)), 12) for e in (RELATIVE_ERRORS, RANK1_ERRORS)]
+    assert alone[0] != alone[1]                                   # without the broadcast they would disagree
+    (names0, ref0), (names1, ref1) = run_gloo(_rank_worker, 2)
+    # rank 0's value is broadcast: both ranks follow rank 0's single-process schedule and reference
+    assert names0 == names1 == alone[0]
+    assert ref0 == ref1 == 0.85
