@@ -22,9 +22,11 @@ Phase ends (ADIN.SWITCH):
 
 Every phase end is logged (iterations spent, mean f_N training accuracy per head against its chance
 level max_k p_k, the identity error), and the end of training logs a summary that says when the
-adversary never acted (no adversarial phase, or f_N at chance).
+adversary never acted (no adversarial phase, or f_N's accuracy over the adversarial phases within
+CHANCE_Z binomial standard errors of chance).
 """
 import logging
+import math
 
 import torch
 import torch.distributed as dist
@@ -57,7 +59,13 @@ def phases(cfg):
             "identity": task_phase(ident, ("main",), "identity")}
 
 
-CHANCE_MARGIN = 0.05   # f_N accuracy within this of max_k p_k (always guessing the commonest class) is "at chance"
+CHANCE_Z = 3.0   # f_N accuracy within this many binomial standard errors of chance (max_k p_k) is "at chance"
+
+
+def chance_bound(chance, images):
+    """Highest accuracy still "at chance" after `images` predictions: c + CHANCE_Z * sqrt(c (1 - c) / n),
+    c = max_k p_k (the accuracy of always guessing the commonest class)."""
+    return chance + CHANCE_Z * math.sqrt(chance * (1.0 - chance) / max(images, 1))
 
 
 def build_adin_schedule(cfg, identity_error, chance_levels=None):
@@ -91,7 +99,8 @@ def build_adin_schedule(cfg, identity_error, chance_levels=None):
     else:
         raise ValueError(f"ADIN.SWITCH must be 'threshold' or 'iters', got {s.SWITCH!r}")
     log = PhaseLog(head_names(cfg), chance_levels, state.get("identity_reference"),
-                   (s.I_TARGET_MARGIN, s.I_TRIGGER_MARGIN))
+                   (s.I_TARGET_MARGIN, s.I_TRIGGER_MARGIN),
+                   images_per_iter=max(cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), 1))
     return alternating_discriminator_schedule(
         p["identity"], p["adversarial"], task_end=id_end, adversarial_end=adv_end, warmup=warmup,
         on_enter=on_enter, state=state, metric_monitor=monitor, track=[f"nuisance_acc_{h}" for h in log.heads],
@@ -101,8 +110,9 @@ def build_adin_schedule(cfg, identity_error, chance_levels=None):
 class PhaseLog:
     """The schedule's log lines: one per finished phase and a summary at the end of training."""
 
-    def __init__(self, heads, chance_levels=None, reference=None, margins=(0.0, 0.0)):
+    def __init__(self, heads, chance_levels=None, reference=None, margins=(0.0, 0.0), images_per_iter=1):
         self.heads, self.chance_levels, self.reference, self.margins = list(heads), chance_levels, reference, margins
+        self.images_per_iter = images_per_iter   # f_N's accuracy is logged on this process's batch
 
     def _chance(self):
         return self.chance_levels() if self.chance_levels is not None else {}
@@ -142,6 +152,7 @@ class PhaseLog:
             total = sum(r["iters"] for r in adv)
             chance = self._chance()
             accs, at_chance = [], []
+            images = total * self.images_per_iter
             for h in self.heads:
                 key = f"nuisance_acc_{h}"
                 rows = [(r["means"][key], r["iters"]) for r in adv if key in r["means"]]
@@ -150,14 +161,14 @@ class PhaseLog:
                 acc = sum(a * n for a, n in rows) / sum(n for _, n in rows)
                 accs.append(f"{h} {acc:.3f}" + (f" (chance {chance[h]:.3f})" if h in chance else ""))
                 if h in chance:
-                    at_chance.append((h, acc <= chance[h] + CHANCE_MARGIN))
+                    at_chance.append((h, acc <= chance_bound(chance[h], images)))
             text = (f"ADIN schedule: adversarial phases: {len(adv)}, mean length {total / len(adv):.1f} iterations; "
                     f"identity phases: {len(ident)}, mean length "
                     f"{(sum(r['iters'] for r in ident) / len(ident)) if ident else 0.0:.1f} iterations; "
                     f"f_N accuracy in adversarial phases: {', '.join(accs) if accs else 'not measured'}")
             if at_chance and all(flag for _, flag in at_chance):
-                text += (f", f_N accuracy at chance (within {CHANCE_MARGIN} of max_k p_k): the adversary never "
-                         "acted (L_adv stayed at its floor)")
+                text += (f", f_N accuracy at chance (within {CHANCE_Z:g} standard errors of max_k p_k over {images} "
+                         "images): the adversary never acted (L_adv stayed at its floor)")
             elif at_chance:
                 text += ", f_N accuracy above chance on " + ", ".join(h for h, flag in at_chance if not flag)
                 low = [h for h, flag in at_chance if flag]
