@@ -27,10 +27,11 @@ def add_adin_config(cfg):
     s.JOINT_ITERS = 1000                     # warm-up: f_E and f_I trained jointly on L_I
     s.PRETRAIN_ITERS = 200                   # warm-up: f_N trained on Y_N with f_E frozen
     s.SWITCH = "threshold"                   # phase ends: "threshold" (validation identity error) or "iters"
-    s.THRESHOLD_MODE = "relative"            # "relative" (reference code): thresholds = e_ref + margin, e_ref the
-                                             # identity error when the adversarial phase starts; "absolute": I_TARGET / I_TRIGGER
-    s.I_TARGET_MARGIN = 0.01                 # relative: adversarial phase ends once e > e_ref + this (reference: 0.01 accuracy)
-    s.I_TRIGGER_MARGIN = 0.0                 # relative: identity phase ends once e <= e_ref + this (reference: accuracy rescued)
+    s.THRESHOLD_MODE = "relative"            # "relative" (reference code): thresholds = e_ref + margin, e_ref =
+                                             # identity error when the adversarial phase starts; "absolute":
+                                             # I_TARGET / I_TRIGGER
+    s.I_TARGET_MARGIN = 0.01                 # relative: adversarial phase ends once e > e_ref + this
+    s.I_TRIGGER_MARGIN = 0.0                 # relative: identity phase ends once e <= e_ref + this (rescued)
     s.I_TARGET = 0.3                         # absolute: adversarial phase ends once the identity error rises above it
     s.I_TRIGGER = 0.15                       # absolute: identity phase ends once the identity error falls below it
     s.ADV_ITERS = 200                        # adversarial phase length ("iters"), cap ("threshold", 0 = none)
