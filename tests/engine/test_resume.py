@@ -147,7 +147,8 @@ METHODS = {
     # threshold-driven phase switches on a validation subset, three optimizers; 9 iterations an epoch
     "ADIN": ("projects/ADIN/configs/Synthetic/adin_cane.yml", 12,
              ["INPUT.SIZE_TRAIN", "[32,16]", "INPUT.SIZE_TEST", "[32,16]", "ADIN.JOINT_ITERS", "2",
-              "ADIN.PRETRAIN_ITERS", "1", "ADIN.VAL.PERIOD", "2"]),
+              "ADIN.PRETRAIN_ITERS", "1", "ADIN.VAL.PERIOD", "2", "ADIN.THRESHOLD_MODE", "absolute",
+              "ADIN.I_TARGET", "0.5", "ADIN.I_TRIGGER", "0.3"]),
     # clustering at epoch 0, stage 3 (backbone / discriminator epochs) from epoch 1; 3 iterations an epoch
     "DomainMix": ("projects/DomainMix/configs/Synthetic/domainmix.yml", 7,
                   DOMAINMIX_SMALL + ["DOMAINMIX.PSEUDO.START_EPOCH", "0", "DOMAINMIX.PSEUDO.PERIOD", "0",

@@ -5,10 +5,19 @@ Parameter prefixes (the optimizers and phases are built on them):
        retrieval feature.
   f_I: `identity.` (two FC layers) and `center_loss.` (the centres of L_I's center loss).
   f_N: `nuisance.<head>.` (two FC layers per head, see adin.nuisance).
+With the dual-branch extractor (Fig. 4, adin.backbone) f_E(X) is the concatenation of B = 3 branch
+features (global, stripe 1, stripe 2; widths `backbone.branch_dims`) and f_I and every f_N head are
+B classifiers, one per branch feature (`identity.<b>.`, `nuisance.<head>.<b>.`), as in the figure
+and the authors' code; their losses are summed over the branches.
 Training returns every loss term; the phase (schedule) picks which terms update which parameters:
-  loss_cls (+ loss_center, loss_triplet)   L_I, from MODEL.LOSSES.NAME
-  loss_nuisance_<head>                     L_N, cross-entropy of f_N on Y_N (trains f_N)
-  loss_adv_<head>                          beta * L_adv (Eq. 3-6) (trains f_E)
+  loss_cls (+ loss_center, loss_triplet)   L_I, from MODEL.LOSSES.NAME (cross-entropy summed over
+                                           the branches' f_I; center / triplet on f_E(X))
+  loss_nuisance_<head>                     L_N, cross-entropy of f_N on Y_N (trains f_N), summed
+                                           over the branches
+  loss_adv_<head>                          beta * L_adv (Eq. 3-6) (trains f_E), summed over the
+                                           branches' f_N
+The identity prediction of several branches (validation error, `cls_accuracy`) is the mean of
+their softmax probabilities (`identity_scores`); retrieval uses f_E(X) alone.
 """
 import torch
 import torch.nn.functional as F
@@ -39,6 +48,28 @@ def two_fc(in_dim, hidden, out_dim):
     return fc
 
 
+def branch_heads(dims, hidden, out_dim):
+    """One two_fc classifier on a single feature, or an nn.ModuleList of one per branch feature."""
+    if len(dims) == 1:
+        return two_fc(dims[0], hidden, out_dim)
+    return nn.ModuleList(two_fc(d, hidden, out_dim) for d in dims)
+
+
+def branch_logits(heads, feat, dims):
+    """[logits of each branch]: `feat` [N, sum(dims)] split into the branch features."""
+    if not isinstance(heads, nn.ModuleList):
+        return [heads(feat)]
+    return [h(f) for h, f in zip(heads, torch.split(feat, list(dims), dim=1))]
+
+
+def combined_prediction(logits):
+    """The prediction of one or several heads [N, C]: the logits of a single head, the mean of the
+    softmax probabilities of several (argmax = the predicted class either way)."""
+    if len(logits) == 1:
+        return logits[0]
+    return torch.stack([z.softmax(1) for z in logits]).mean(0)
+
+
 def loss_terms(cfg):
     """(identity terms, nuisance terms, adversarial terms) the model returns in training."""
     unknown = set(cfg.MODEL.LOSSES.NAME) - set(IDENTITY_LOSSES)
@@ -60,11 +91,15 @@ class ADIN(Baseline):
                          loss_kwargs=loss_kwargs)
         del self.heads
         self.pool = pool
-        self.identity = two_fc(feat_dim, hidden_dim, num_classes) if num_classes > 0 else None
+        dims = list(getattr(backbone, "branch_dims", [feat_dim]))
+        if sum(dims) != feat_dim:
+            raise ValueError(f"the backbone's branch widths {dims} do not add up to MODEL.BACKBONE.FEAT_DIM {feat_dim}")
+        self.branch_dims = dims
+        self.identity = branch_heads(dims, hidden_dim, num_classes) if num_classes > 0 else None
         names = loss_kwargs["loss_names"]
         self.center_loss = CenterLoss(num_classes, feat_dim, loss_kwargs["center"]) \
             if CENTER_LOSS in names and num_classes > 0 else None
-        self.nuisance = nn.ModuleDict({h: two_fc(feat_dim, hidden_dim, k) for h, k in nuisance_classes.items()})
+        self.nuisance = nn.ModuleDict({h: branch_heads(dims, hidden_dim, k) for h, k in nuisance_classes.items()})
         for h, k in nuisance_classes.items():   # filled from the training set by ADINTrainer
             self.register_buffer(f"prior_{h}", torch.full((k,), 1.0 / max(k, 1)))
         self.register_buffer("pair_table", torch.full((1, 1), -1, dtype=torch.long))
@@ -115,13 +150,20 @@ class ADIN(Baseline):
         losses.update(self.nuisance_losses(feat, batched_inputs))
         return losses
 
+    def identity_scores(self, feat):
+        """f_I's prediction [N, num_classes]: the logits with one branch, the mean of the branches'
+        softmax probabilities with several (either way argmax is the predicted identity)."""
+        return combined_prediction(branch_logits(self.identity, feat, self.branch_dims))
+
     def identity_losses(self, feat, targets):
         names, kw = self.loss_kwargs["loss_names"], self.loss_kwargs
-        logits = self.identity(feat)
-        log_accuracy(logits.detach(), targets)
+        all_logits = branch_logits(self.identity, feat, self.branch_dims)
+        with torch.no_grad():
+            log_accuracy(combined_prediction(all_logits), targets)
         out = {}
         if "CrossEntropyLoss" in names:
-            out["loss_cls"] = cross_entropy_loss(logits, targets, kw["ce"]["eps"], kw["ce"]["alpha"]) * kw["ce"]["scale"]
+            out["loss_cls"] = sum(cross_entropy_loss(z, targets, kw["ce"]["eps"], kw["ce"]["alpha"])
+                                  for z in all_logits) * kw["ce"]["scale"]
         if CENTER_LOSS in names:
             out["loss_center"] = self.center_loss(feat, targets)
         if "TripletLoss" in names:
@@ -134,18 +176,19 @@ class ADIN(Baseline):
         for h, head in self.nuisance.items():
             adv = build_adversarial_loss(self.adv_loss, getattr(self, f"prior_{h}"), self.adv_divide_by_k)
             labels = batch_labels(h, batched_inputs, self.pair_table)
-            logits = head(grad_reverse(feat) if adv.reverse else feat)
+            all_logits = branch_logits(head, grad_reverse(feat) if adv.reverse else feat, self.branch_dims)
             known = labels >= 0
             if bool(known.all()):
-                z, y = logits, labels
+                zs, y = all_logits, labels
             else:
-                z, y = logits[known], labels[known]
+                zs, y = [z[known] for z in all_logits], labels[known]
             if len(y) == 0:   # no labelled sample in this batch: zero terms that keep the graph
-                out[f"loss_nuisance_{h}"] = out[f"loss_adv_{h}"] = logits.sum() * 0.0
+                out[f"loss_nuisance_{h}"] = out[f"loss_adv_{h}"] = sum(z.sum() for z in all_logits) * 0.0
                 continue
-            out[f"loss_nuisance_{h}"] = F.cross_entropy(z, y)
-            out[f"loss_adv_{h}"] = self.beta * adv(z, y)
-            _log(f"nuisance_acc_{h}", (z.detach().argmax(1) == y).float().mean())
+            out[f"loss_nuisance_{h}"] = sum(F.cross_entropy(z, y) for z in zs)
+            out[f"loss_adv_{h}"] = self.beta * sum(adv(z, y) for z in zs)
+            with torch.no_grad():   # the branches' mean softmax, as for f_I
+                _log(f"nuisance_acc_{h}", (combined_prediction(zs).argmax(1) == y).float().mean())
         return out
 
 

@@ -117,4 +117,10 @@ class ADINTrainer(DGTrainer):
         return opts
 
     def build_schedule(self, cfg):
-        return build_adin_schedule(cfg, lambda trainer: identity_error(trainer.model, self.val_loader))
+        return build_adin_schedule(cfg, lambda trainer: identity_error(trainer.model, self.val_loader),
+                                   chance_levels=self.chance_levels)
+
+    def chance_levels(self):
+        """{head: max_k p_k}: the training accuracy of always guessing the head's commonest class."""
+        m = unwrap(self.model)
+        return {h: float(getattr(m, f"prior_{h}").max()) for h in m.nuisance}
