@@ -15,6 +15,13 @@ Model contract (TorchScript files, `torch.jit.save`; ONNX files only with onnxru
           (--probabilities: the outputs already are distributions).
   --attribute-spec: JSON {"attributes": [{"name": "hairLong", "classes": ["False", "True"]}, ...]}.
 Labels of several datasets may share one directory: existing attribute rows are kept (same spec).
+
+Checking labels (nothing is written; exit status 1 when there are problems, all of them printed):
+
+    python -m plugins.run ptl.make_labels --check --config-file projects/PTL/configs/Market2Duke/ptl.yml \
+        [DATASETS.ROOT datasets ...]          # every set the config trains a proxy task on
+    python -m plugins.run ptl.make_labels --check --root datasets --datasets DG_DukeMTMC \
+        [--out DIR] [--splits train] [--num-classes 8] [--tasks parsing attributes]
 """
 import argparse
 import json
@@ -150,10 +157,34 @@ def make_labels(root, names, out, parsing_model=None, attribute_model=None, spec
     return len(paths)
 
 
+def check(root=None, names=(), out=None, splits=("train",), num_classes=8, tasks=("parsing", "attributes"),
+          config_file=None, opts=()):
+    """Every problem of the labels (list of strings, each naming the files): of every set a config
+    trains a proxy task on (`config_file` + `opts`), or of the `splits` of datasets `names` in
+    label directory `out` (default <root>/ptl_labels)."""
+    from .data import AttributeSource, ParsingSource, all_label_problems, label_problems
+    if config_file:
+        from plugins.config import get_dg_cfg
+        return all_label_problems(get_dg_cfg(config_file, list(opts)))
+    from .labels import LabelDir
+    store = LabelDir(out or osp.join(root, "ptl_labels"), root)
+    sources = {}
+    if "parsing" in tasks:
+        sources["parsing"] = ParsingSource(store, num_classes)
+    if "attributes" in tasks:
+        sources["attributes"] = AttributeSource(store)
+    return label_problems([(p,) for p in dataset_images(root, names, splits)], sources)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.getenv("FASTREID_DATASETS", "datasets"), help="datasets root")
-    p.add_argument("--datasets", nargs="+", required=True, help="registered names, e.g. DG_DukeMTMC")
+    p.add_argument("--datasets", nargs="+", help="registered names, e.g. DG_DukeMTMC")
+    p.add_argument("--check", action="store_true", help="only check existing labels, print every problem")
+    p.add_argument("--config-file", help="--check: the labels of every set this config trains on")
+    p.add_argument("--tasks", nargs="+", default=["parsing", "attributes"], choices=["parsing", "attributes"],
+                   help="--check with --datasets: which labels to check")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="--check --config-file: config overrides KEY VALUE ...")
     p.add_argument("--out", help="label directory (default: <root>/ptl_labels)")
     p.add_argument("--splits", nargs="+", default=["train"], choices=["train", "query", "gallery"])
     p.add_argument("--parsing-model")
@@ -165,6 +196,19 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    if a.check:
+        if not a.config_file and not a.datasets:
+            p.error("--check needs --config-file or --datasets")
+        problems = check(a.root, a.datasets or (), a.out, tuple(a.splits), a.num_classes, tuple(a.tasks),
+                         a.config_file, a.opts)
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} label problem{'s' if len(problems) != 1 else ''}")
+        if problems:
+            raise SystemExit(1)
+        return 0
+    if not a.datasets:
+        p.error("the following arguments are required: --datasets")
     if a.attribute_model and not a.attribute_spec:
         p.error("--attribute-model needs --attribute-spec")
     check_device(a.device)
