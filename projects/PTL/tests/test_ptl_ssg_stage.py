@@ -75,20 +75,27 @@ def _ddp_worker(rank, world_size, root, out):
         calls = []
         _fake_clustering(mp, calls, shift=rank)
         _hook(trainer).run(0)
-        return calls, _loader_items(trainer), len(trainer.ssg.items)
+        return calls, _loader_items(trainer), len(trainer.ssg.items), _broadcasts(rank)
 
 
 def test_ssg_clusters_on_rank0_and_every_rank_trains_on_its_labels(synthetic_root, tmp_path):
-    (calls0, items0, n), (calls1, items1, _) = run_gloo(_ddp_worker, 2, synthetic_root, str(tmp_path))
+    """One pair of gloo processes (starting them is the slow part) checks the SSG stage and the
+    plugins.distributed helpers it uses."""
+    (calls0, items0, n, bc0), (calls1, items1, _, bc1) = run_gloo(_ddp_worker, 2, synthetic_root, str(tmp_path))
     assert len(calls0) == 1 and calls0[0][0][0] == n and calls1 == []   # rank 0 alone clusters, on all images
     assert items0 == items1 and len(items0) == n
     with open(tmp_path / "ssg_parts" / "epoch_000.json") as f:
         table = json.load(f)["labels"]
     assert items0 == sorted((p, f"ssg_{v[0]}") for p, v in table.items())
     assert {p for p, pid in items0 if pid == "ssg_0"} == set(list(table)[:4])   # rank 0's shift (0), not rank 1's
+    (g0, b0, e0), (g1, b1, e1) = bc0, bc1
+    assert g0["rank"] == g1["rank"] == 0 and np.array_equal(g1["labels"], np.arange(5))
+    assert b0 == b1 == "from 1"
+    assert e0 == ("ZeroDivisionError", "division by zero")
+    assert e1 == ("RuntimeError", "rank 0 failed: ZeroDivisionError: division by zero")
 
 
-def _broadcast_worker(rank, world_size):
+def _broadcasts(rank):
     from plugins.distributed import broadcast_object, run_on_rank0_and_broadcast
     got = run_on_rank0_and_broadcast(lambda: {"rank": rank, "labels": np.arange(5) + rank})
     try:
@@ -99,9 +106,12 @@ def _broadcast_worker(rank, world_size):
     return got, broadcast_object(f"from {rank}", src=1), err
 
 
-def test_run_on_rank0_and_broadcast():
-    (g0, b0, e0), (g1, b1, e1) = run_gloo(_broadcast_worker, 2)
-    assert g0["rank"] == g1["rank"] == 0 and np.array_equal(g1["labels"], np.arange(5))
-    assert b0 == b1 == "from 1"
-    assert e0 == ("ZeroDivisionError", "division by zero")
-    assert e1 == ("RuntimeError", "rank 0 failed: ZeroDivisionError: division by zero")
+
+def test_distributed_helpers_in_one_process():
+    from plugins.distributed import broadcast_object, run_on_rank0_and_broadcast
+    assert broadcast_object([1, 2]) == [1, 2] and run_on_rank0_and_broadcast(lambda a, b=0: a + b, 2, b=3) == 5
+    try:
+        run_on_rank0_and_broadcast(lambda: 1 / 0)
+        raise AssertionError("no error")
+    except ZeroDivisionError:
+        pass
