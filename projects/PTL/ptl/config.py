@@ -39,9 +39,11 @@ def add_ptl_config(cfg):
     cfg.PTL.SSG.ENABLED = False          # train on clustered target images only (triplet per part)
     cfg.PTL.SSG.PARTS = ("whole", "upper", "lower")  # feature groups, each clustered on its own; "whole" first
     cfg.PTL.SSG.PERIOD = 2               # epochs between re-clusterings (0: cluster once)
-    cfg.PTL.SSG.DISTANCE = "jaccard"     # "jaccard": k-reciprocal (plugin); "euclidean": no re-ranking (SSG†)
-    cfg.PTL.SSG.K1 = 30                  # k-reciprocal neighbourhoods ("jaccard")
-    cfg.PTL.SSG.K2 = 6
+    cfg.PTL.SSG.DISTANCE = "jaccard"     # "jaccard": k-reciprocal (plugin); "euclidean": no re-ranking (SSG†);
+                                         # "ssg": full SSG, re-ranked target distances + source term (Table 5)
+    cfg.PTL.SSG.K1 = 30                  # k-reciprocal neighbourhoods ("jaccard", "ssg": SSG uses 20)
+    cfg.PTL.SSG.K2 = 6                   # query expansion neighbours
+    cfg.PTL.SSG.LAMBDA = 0.1             # "ssg": weight of the source-feature term (SSG's lambda_value)
     cfg.PTL.SSG.EPS = 0.6                # DBSCAN radius; 0 = SSG's adaptive radius (RHO)
     cfg.PTL.SSG.RHO = 1.6e-3             # adaptive radius: mean of this fraction of smallest pair distances
     cfg.PTL.SSG.MIN_SAMPLES = 4          # DBSCAN

@@ -12,7 +12,8 @@ A label directory DIR (PTL.LABELS.DIR, relative to DATASETS.ROOT unless absolute
       of the columns. Each attribute's probabilities are >= 0 and sum to 1 (tolerance 1e-3).
       Names must not contain '=' or ','.
 
-Missing or mismatched labels raise LabelError naming the image.
+Missing or mismatched labels raise LabelError naming the image; `format_problems` joins many
+problems into one message (the up-front check of ptl/data.py reports every label of a set at once).
 """
 import csv
 import os
@@ -30,8 +31,23 @@ SUM_TOLERANCE = 1e-3
 TEACHER_LOGIT_GAP = 3.0   # simulated teacher: logit of the true class above the others
 
 
+MAX_SHOWN = 20            # problems listed in one error message (the --check command prints all)
+
+
 class LabelError(ValueError):
     """A label is missing, malformed or does not match its image (the message names the image)."""
+
+
+def format_problems(problems, what, limit=MAX_SHOWN, hint=""):
+    """One message for a list of problems: '<n> label problem(s) in <what>:' then one line each
+    (the first `limit`; then '... and <m> more')."""
+    n = len(problems)
+    lines = [f"{n} label problem{'s' if n != 1 else ''} in {what}:"] + [f"  {p}" for p in problems[:limit]]
+    if n > limit:
+        lines.append(f"  ... and {n - limit} more")
+    if hint:
+        lines.append(hint)
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- paths
@@ -67,7 +83,14 @@ class AttributeSpec:
     @classmethod
     def from_columns(cls, columns, where=""):
         names, classes = [], []
+        seen = set()
         for col in columns:
+            if col != col.strip():
+                raise LabelError(f"{where}: header column {col!r} has spaces around it; write "
+                                 "'<attribute>=<class>' without spaces (e.g. 'hairLong=True')")
+            if col in seen:
+                raise LabelError(f"{where}: header column '{col}' appears twice")
+            seen.add(col)
             if "=" not in col:
                 raise LabelError(f"{where}: column '{col}' is not '<attribute>=<class>'")
             name, c = col.split("=", 1)
@@ -120,26 +143,53 @@ def read_attribute_spec(path):
     with open(path, newline="") as f:
         header = next(csv.reader(f), None)
     if not header or header[0] != "image":
-        raise LabelError(f"{path}: the header must start with 'image'")
+        first = header[0] if header else ""
+        raise LabelError(f"{path}: the header must start with 'image' (found {first!r})")
     return AttributeSpec.from_columns(header[1:], path)
 
 
-def read_attribute_table(path):
-    """(AttributeSpec, {image key: float32 [sum M_j]}), every row checked."""
+def attribute_table_problems(path):
+    """(AttributeSpec, {image key: float32 [sum M_j]} of the valid rows, [problem, ...], {every image
+    key with a row}): every row is checked and every problem kept (a row that is not a
+    distribution, a wrong number of values, a value that is not a number, an image with more than
+    one row), each naming the file, the line and the image. A bad header raises LabelError
+    (nothing else can be read)."""
     spec = read_attribute_spec(path)
-    table = {}
+    table, lines, problems = {}, {}, []
     with open(path, newline="") as f:
         reader = csv.reader(f)
         next(reader)
         for row in reader:
+            line = reader.line_num
             if not row:
                 continue
+            key = row[0]
+            if key in lines:
+                lines[key].append(line)
+                continue
+            lines[key] = [line]
             try:
                 vec = np.array([float(v) for v in row[1:]], np.float32)
-            except ValueError as e:
-                raise LabelError(f"{path}: attributes of image '{row[0]}': {e}") from None
-            check_probabilities(vec, spec, row[0])
-            table[row[0]] = vec
+                check_probabilities(vec, spec, key)
+            except ValueError as e:   # LabelError included
+                msg = str(e) if isinstance(e, LabelError) else f"attributes of image '{key}': {e}"
+                problems.append(f"{path} line {line}: {msg}")
+                continue
+            table[key] = vec
+    for key, at in lines.items():
+        if len(at) > 1:
+            table.pop(key, None)
+            problems.append(f"{path}: image '{key}' has {len(at)} rows (lines {', '.join(map(str, at))}); "
+                            "each image must have exactly one")
+    return spec, table, problems, set(lines)
+
+
+def read_attribute_table(path):
+    """(AttributeSpec, {image key: float32 [sum M_j]}), every row checked; LabelError listing
+    every problem of the file (`attribute_table_problems`)."""
+    spec, table, problems, _ = attribute_table_problems(path)
+    if problems:
+        raise LabelError(format_problems(problems, f"attribute table '{path}'"))
     return spec, table
 
 
@@ -156,11 +206,17 @@ def read_parsing(path, image, num_classes, image_size=None):
     """The map as a PIL 'L' image, checked against its image (size) and K."""
     if not osp.isfile(path):
         raise LabelError(f"no parsing map for image '{image}' (expected '{path}')")
-    lab = Image.open(path)
-    if lab.mode not in ("L", "P"):
-        raise LabelError(f"parsing map '{path}' of image '{image}' has mode {lab.mode}: "
+    try:   # PIL raises UnidentifiedImageError (an OSError) or OSError / SyntaxError on damaged files
+        with Image.open(path) as lab:
+            lab.load()
+            mode, arr = lab.mode, np.asarray(lab)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise LabelError(f"parsing map '{path}' of image '{image}' cannot be read as a PNG "
+                         f"({type(e).__name__}: {e})") from None
+    if mode not in ("L", "P"):
+        raise LabelError(f"parsing map '{path}' of image '{image}' has mode {mode}: "
                          "expected a single-channel 8-bit PNG of class indices")
-    lab = Image.fromarray(np.asarray(lab), mode="L")
+    lab = Image.fromarray(arr, mode="L")
     if image_size is not None and lab.size != tuple(image_size):
         raise LabelError(f"parsing map '{path}' is {lab.size[0]}x{lab.size[1]} but image '{image}' "
                          f"is {image_size[0]}x{image_size[1]} (width x height)")
@@ -226,6 +282,12 @@ class SyntheticTruth:
         except (KeyError, ValueError):
             return False
 
+    def table_problems(self):
+        return []
+
+    def has_row(self, img_path):
+        return self.has_attributes(img_path)
+
     def attributes(self, img_path):
         try:
             idx = self._table[img_path]
@@ -240,17 +302,37 @@ class LabelDir:
 
     def __init__(self, directory, root):
         self.dir, self.root = directory, root
-        self._spec = self._table = None
+        self._spec = self._table = self._problems = self._keys = None
+
+    @property
+    def table_path(self):
+        return osp.join(self.dir, ATTRIBUTES_FILE)
 
     @property
     def spec(self):
         if self._spec is None:
-            self._spec = read_attribute_spec(osp.join(self.dir, ATTRIBUTES_FILE))
+            self._spec = read_attribute_spec(self.table_path)
         return self._spec
+
+    def table_problems(self):
+        """Every problem of the attribute table (a missing file or a bad header: one problem)."""
+        if self._problems is None:
+            try:
+                self._spec, self._table, self._problems, self._keys = attribute_table_problems(self.table_path)
+            except LabelError as e:
+                return [str(e)]
+        return self._problems
+
+    def has_row(self, img_path):
+        """Whether the table has a row (valid or not) for the image; False when it cannot be read."""
+        self.table_problems()
+        return self._keys is not None and relative_image_path(img_path, self.root) in self._keys
 
     def _rows(self):
         if self._table is None:
-            self._spec, self._table = read_attribute_table(osp.join(self.dir, ATTRIBUTES_FILE))
+            self._spec, self._table, self._problems, self._keys = attribute_table_problems(self.table_path)
+        if self._problems:
+            raise LabelError(format_problems(self._problems, f"attribute table '{self.table_path}'"))
         return self._table
 
     def parsing_path(self, img_path):

@@ -13,8 +13,21 @@ Model contract (TorchScript files, `torch.jit.save`; ONNX files only with onnxru
   attribute output: [B, sum_j M_j] concatenated per-attribute logits in --attribute-spec order, or
           a tuple/list of [B, M_j] logits; a softmax per attribute gives the soft labels
           (--probabilities: the outputs already are distributions).
-  --attribute-spec: JSON {"attributes": [{"name": "hairLong", "classes": ["False", "True"]}, ...]}.
+  --attribute-spec: JSON {"attributes": [{"name": "hairLong", "classes": ["False", "True"]}, ...]};
+          an entry that is a plain name is a binary attribute with classes ["True", "False"].
+  --sigmoid: the attribute model returns [B, N] probabilities, one sigmoid per binary attribute
+          (a PETA model: N = 105, spec projects/PTL/teachers/peta105.json); soft labels (p, 1 - p).
+  --parsing-mapping densepose14 | densepose24: the parser predicts DensePose parts (COCO DensePose
+          masks, 15 classes, or the 24 IUV charts + background); they are fused to the paper's 8
+          classes (ptl/teachers.py) before writing.
 Labels of several datasets may share one directory: existing attribute rows are kept (same spec).
+
+Checking labels (nothing is written; exit status 1 when there are problems, all of them printed):
+
+    python -m plugins.run ptl.make_labels --check --config-file projects/PTL/configs/Market2Duke/ptl.yml \
+        [DATASETS.ROOT datasets ...]          # every set the config trains a proxy task on
+    python -m plugins.run ptl.make_labels --check --root datasets --datasets DG_DukeMTMC \
+        [--out DIR] [--splits train] [--num-classes 8] [--tasks parsing attributes]
 """
 import argparse
 import json
@@ -28,6 +41,7 @@ from PIL import Image
 
 from plugins.images import read_rgb
 
+from .teachers import part_mapping
 from .labels import (ATTRIBUTES_FILE, AttributeSpec, LabelError, parsing_file, read_attribute_table,
                      relative_image_path, write_attribute_table, write_parsing)
 
@@ -56,9 +70,13 @@ def load_model(path, device="cpu"):
 
 
 def read_spec(path):
+    """AttributeSpec of an --attribute-spec JSON file; entries {"name", "classes"} or a plain name
+    (binary, classes ("True", "False"))."""
+    from .teachers import BINARY_CLASSES
     with open(path) as f:
         attrs = json.load(f)["attributes"]
-    return AttributeSpec(tuple(a["name"] for a in attrs), tuple(tuple(a["classes"]) for a in attrs))
+    return AttributeSpec(tuple(a if isinstance(a, str) else a["name"] for a in attrs),
+                         tuple(BINARY_CLASSES if isinstance(a, str) else tuple(a["classes"]) for a in attrs))
 
 
 def dataset_images(root, names, splits):
@@ -93,20 +111,31 @@ def check_device(device):
     return dev
 
 
-def parsing_maps(out, sizes, num_classes, paths):
+def parsing_maps(out, sizes, num_classes, paths, mapping=None):
     """Per image an int64 [h, w] numpy map at the image's own size (`sizes`: (w, h)), from model
-    outputs on any device."""
+    outputs on any device. mapping: model class -> written class (ptl.teachers); the model then
+    has len(mapping) classes."""
+    from .teachers import map_parts
+    n_in = num_classes if mapping is None else len(mapping)
     if out.dim() == 3:   # class indices
-        return [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long().cpu().numpy()
+        maps = [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long().cpu().numpy()
                 for o, (w, h) in zip(out, sizes)]
-    if out.dim() != 4 or out.shape[1] != num_classes:
+    elif out.dim() != 4 or out.shape[1] != n_in:
         raise LabelError(f"parsing model output {tuple(out.shape)} for images {paths[0]}...: expected "
-                         f"[B, {num_classes}, h, w] scores or [B, h, w] classes")
-    return [F.interpolate(o[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
-            .argmax(0).cpu().numpy() for o, (w, h) in zip(out, sizes)]
+                         f"[B, {n_in}, h, w] scores or [B, h, w] classes")
+    else:
+        maps = [F.interpolate(o[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0]
+                .argmax(0).cpu().numpy() for o, (w, h) in zip(out, sizes)]
+    return maps if mapping is None else [map_parts(m, mapping) for m in maps]
 
 
-def attribute_probs(out, spec, probabilities, paths):
+def attribute_probs(out, spec, probabilities, paths, sigmoid=False):
+    if sigmoid:
+        from .teachers import sigmoid_to_soft
+        try:
+            return sigmoid_to_soft(out, spec).cpu().numpy()
+        except LabelError as e:
+            raise LabelError(f"images {paths[0]}...: {e}") from None
     parts = list(out) if isinstance(out, (list, tuple)) else None
     if parts is None:
         if out.dim() != 2 or out.shape[1] != sum(spec.num_classes):
@@ -122,8 +151,10 @@ def attribute_probs(out, spec, probabilities, paths):
 
 @torch.no_grad()
 def make_labels(root, names, out, parsing_model=None, attribute_model=None, spec=None, splits=("train",),
-                size=(256, 128), batch_size=64, num_classes=8, probabilities=False, device="cpu"):
-    """Returns the number of images labelled."""
+                size=(256, 128), batch_size=64, num_classes=8, probabilities=False, device="cpu",
+                sigmoid=False, mapping=None):
+    """Returns the number of images labelled. sigmoid: [B, N] per-attribute probabilities
+    (ptl.teachers.sigmoid_to_soft); mapping: parser class -> written class (ptl.teachers)."""
     if parsing_model is None and attribute_model is None:
         raise SystemExit("give --parsing-model and/or --attribute-model")
     paths = dataset_images(root, names, splits)
@@ -133,10 +164,10 @@ def make_labels(root, names, out, parsing_model=None, attribute_model=None, spec
         x, sizes = load_batch(chunk, size)
         x = x.to(device)
         if parsing_model is not None:
-            for p, m in zip(chunk, parsing_maps(parsing_model(x), sizes, num_classes, chunk)):
+            for p, m in zip(chunk, parsing_maps(parsing_model(x), sizes, num_classes, chunk, mapping)):
                 write_parsing(parsing_file(out, relative_image_path(p, root)), m)
         if attribute_model is not None:
-            for p, v in zip(chunk, attribute_probs(attribute_model(x), spec, probabilities, chunk)):
+            for p, v in zip(chunk, attribute_probs(attribute_model(x), spec, probabilities, chunk, sigmoid)):
                 rows[relative_image_path(p, root)] = v
     if attribute_model is not None:
         table = osp.join(out, ATTRIBUTES_FILE)
@@ -150,10 +181,34 @@ def make_labels(root, names, out, parsing_model=None, attribute_model=None, spec
     return len(paths)
 
 
+def check(root=None, names=(), out=None, splits=("train",), num_classes=8, tasks=("parsing", "attributes"),
+          config_file=None, opts=()):
+    """Every problem of the labels (list of strings, each naming the files): of every set a config
+    trains a proxy task on (`config_file` + `opts`), or of the `splits` of datasets `names` in
+    label directory `out` (default <root>/ptl_labels)."""
+    from .data import AttributeSource, ParsingSource, all_label_problems, label_problems
+    if config_file:
+        from plugins.config import get_dg_cfg
+        return all_label_problems(get_dg_cfg(config_file, list(opts)))
+    from .labels import LabelDir
+    store = LabelDir(out or osp.join(root, "ptl_labels"), root)
+    sources = {}
+    if "parsing" in tasks:
+        sources["parsing"] = ParsingSource(store, num_classes)
+    if "attributes" in tasks:
+        sources["attributes"] = AttributeSource(store)
+    return label_problems([(p,) for p in dataset_images(root, names, splits)], sources)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=os.getenv("FASTREID_DATASETS", "datasets"), help="datasets root")
-    p.add_argument("--datasets", nargs="+", required=True, help="registered names, e.g. DG_DukeMTMC")
+    p.add_argument("--datasets", nargs="+", help="registered names, e.g. DG_DukeMTMC")
+    p.add_argument("--check", action="store_true", help="only check existing labels, print every problem")
+    p.add_argument("--config-file", help="--check: the labels of every set this config trains on")
+    p.add_argument("--tasks", nargs="+", default=["parsing", "attributes"], choices=["parsing", "attributes"],
+                   help="--check with --datasets: which labels to check")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="--check --config-file: config overrides KEY VALUE ...")
     p.add_argument("--out", help="label directory (default: <root>/ptl_labels)")
     p.add_argument("--splits", nargs="+", default=["train"], choices=["train", "query", "gallery"])
     p.add_argument("--parsing-model")
@@ -161,10 +216,27 @@ def main(argv=None):
     p.add_argument("--attribute-model")
     p.add_argument("--attribute-spec", help="JSON with the attribute names and classes")
     p.add_argument("--probabilities", action="store_true", help="attribute outputs are already softmaxed")
+    p.add_argument("--sigmoid", action="store_true",
+                   help="attribute model returns [B, N] sigmoid probabilities of binary attributes (PETA: N = 105)")
+    p.add_argument("--parsing-mapping", choices=["densepose14", "densepose24"],
+                   help="fuse the parser's DensePose parts to the paper's 8 classes")
     p.add_argument("--input-size", type=int, nargs=2, default=[256, 128], metavar=("H", "W"))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    if a.check:
+        if not a.config_file and not a.datasets:
+            p.error("--check needs --config-file or --datasets")
+        problems = check(a.root, a.datasets or (), a.out, tuple(a.splits), a.num_classes, tuple(a.tasks),
+                         a.config_file, a.opts)
+        for line in problems:
+            print(line)
+        print(f"{len(problems)} label problem{'s' if len(problems) != 1 else ''}")
+        if problems:
+            raise SystemExit(1)
+        return 0
+    if not a.datasets:
+        p.error("the following arguments are required: --datasets")
     if a.attribute_model and not a.attribute_spec:
         p.error("--attribute-model needs --attribute-spec")
     check_device(a.device)
@@ -173,7 +245,8 @@ def main(argv=None):
                     load_model(a.parsing_model, a.device) if a.parsing_model else None,
                     load_model(a.attribute_model, a.device) if a.attribute_model else None,
                     read_spec(a.attribute_spec) if a.attribute_spec else None, tuple(a.splits),
-                    tuple(a.input_size), a.batch_size, a.num_classes, a.probabilities, a.device)
+                    tuple(a.input_size), a.batch_size, a.num_classes, a.probabilities, a.device, a.sigmoid,
+                    part_mapping(a.parsing_mapping) if a.parsing_mapping else None)
     print(f"{out}: labels of {n} images")
     return n
 

@@ -7,7 +7,7 @@ from plugins.engine import DGTrainer, update_config
 from plugins.registry import TRAINER_REGISTRY
 
 from . import ssg
-from .data import attribute_spec, build_source_loader, build_target_loader, uses
+from .data import attribute_spec, build_source_loader, build_target_loader, uses, validate_labels
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +23,17 @@ class PTLTrainer(DGTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return ssg.initial_loader(cfg) if cfg.PTL.SSG.ENABLED else build_source_loader(cfg)
+        """Before any loader: every label of every configured set is checked, all problems reported
+        in one LabelError (`ptl.data.validate_labels`); the loaders then skip their own check."""
+        if cfg.PTL.SSG.ENABLED:
+            return ssg.initial_loader(cfg)
+        validate_labels(cfg)
+        return build_source_loader(cfg, check=False)
 
     @classmethod
     def build_extra_loaders(cls, cfg):
-        return {"target": build_target_loader(cfg)} if any(uses(cfg, "target").values()) else {}
+        """The target loader (its labels were checked by `build_train_loader`)."""
+        return {"target": build_target_loader(cfg, check=False)} if any(uses(cfg, "target").values()) else {}
 
     def build_extra_hooks(self, cfg):
         if not cfg.PTL.SSG.ENABLED:

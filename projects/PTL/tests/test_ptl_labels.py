@@ -171,5 +171,6 @@ def test_missing_labels_fail_before_training_naming_images(synthetic_root, tmp_p
     cfg = get_dg_cfg()
     cfg.merge_from_list(["DATASETS.ROOT", synthetic_root, "PTL.TARGET.NAMES", '("SynthDomain3",)',
                          "PTL.HP.DOMAINS", '("target",)', "PTL.LABELS.DIR", str(tmp_path / "labels")])
-    with pytest.raises(L.LabelError, match=r"of \d+ target images have no parsing label.*\n.*domain3"):
+    with pytest.raises(L.LabelError, match=r"^\d+ label problems in the target labels \(\d+ images\):\n"
+                                           r"  no parsing map for image '.*domain3.*' \(expected '.*domain3"):
         build_target_loader(cfg)
