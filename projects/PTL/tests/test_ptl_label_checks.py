@@ -7,11 +7,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from plugins.projects import import_projects
 
-import_projects()
-from ptl import labels as L  # noqa: E402
-from ptl.data import all_label_problems, validate_labels  # noqa: E402
+from ptl import labels as L
+from ptl.data import all_label_problems, validate_labels
 
 SPEC = L.AttributeSpec(("gender", "bag"), (("male", "female"), ("no", "yes")))
 HEADER = "image,gender=male,gender=female,bag=no,bag=yes"

@@ -6,11 +6,9 @@ import os
 
 import numpy as np
 import torch
-from plugins.projects import import_projects
 
-import_projects()
-from tests.e2e_utils import REPO  # noqa: E402
-from tests.engine.ddp_utils import run_gloo  # noqa: E402
+from tests.e2e_utils import REPO
+from tests.engine.ddp_utils import run_gloo
 
 CONFIG = os.path.join(REPO, "projects", "PTL", "configs", "Synthetic", "ptl_ssg_full.yml")
 

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from plugins.projects import import_projects
 
-import_projects()
-from ptl import labels as L  # noqa: E402
-from ptl import teachers as T  # noqa: E402
+from ptl import labels as L
+from ptl import teachers as T
 
 COARSE = {"background": 0, "head": 1, "torso": 2, "upper arm": 3, "lower arm": 4, "hand": 4,
           "upper leg": 5, "lower leg": 6, "foot": 7}

@@ -6,14 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plugins.projects import import_projects
 from tests.e2e_utils import REPO, TINY
-
-import_projects()
-
-from tal.losses import hard_triplet_loss  # noqa: E402
-from tal.qaconv import MSQAConv  # noqa: E402
-from tal.trainer import LogitScaleCollapse, LogitScaleGuard, check_logit_scales  # noqa: E402
+from tal.losses import hard_triplet_loss
+from tal.qaconv import MSQAConv
+from tal.trainer import LogitScaleCollapse, LogitScaleGuard, check_logit_scales
 
 
 def _cfg(config, root, *opts):
