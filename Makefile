@@ -36,10 +36,10 @@ test: setup
 	$(PY) -m pytest -q -x --durations=15
 
 bench: setup
-	$(PY) -m plugins.bench
+	$(PY) -m tools.bench
 
 compare: setup
-	$(PY) -m plugins.compare --root $(DATA)/compare --out output/compare
+	$(PY) -m tools.compare --root $(DATA)/compare --out output/compare
 
 # On the GPU machine (Python 3.12 + torch there; wheels carried in .whl/, see README "GPU check")
 gpu-check:

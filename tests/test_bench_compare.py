@@ -4,7 +4,7 @@ import os
 import cv2
 import pytest
 
-from plugins import bench, compare
+from tools import bench, compare
 
 
 def test_step_runner_runs_the_configured_trainer(synthetic_root, tmp_path):

@@ -1,7 +1,7 @@
 """Step time of each ADIN phase against the baseline, measured in one process (interleaved rounds,
 median per phase), plus the amortised cost of the validation checks of the threshold switch.
 
-    python -m plugins.run adin.bench [--root DATASETS] [--iters 8] [--config projects/ADIN/configs/Synthetic/adin_cane.yml]
+    python -m tools.run ADIN bench [--root DATASETS] [--iters 8] [--config projects/ADIN/configs/Synthetic/adin_cane.yml]
 
 Without a synthetic benchmark under the root ($FASTREID_DATASETS or datasets/), the tiny preset is
 generated in a temporary directory (timings on it are noisier).
@@ -14,6 +14,8 @@ import tempfile
 import time
 
 from fastreid.utils.events import EventStorage
+
+from tools import BenchSettings, CompareSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BASELINE = "configs/Synthetic/baseline.yml"
@@ -58,7 +60,7 @@ def _time_steps(step, n):
 
 
 def phase_step_times(root=None, iters=8, rounds=3, config=CONFIG):
-    from .schedule import identity_error, phases
+    from adin.schedule import identity_error, phases
     root = _root(root)
     with tempfile.TemporaryDirectory() as out:
         base, adin = _trainer(BASELINE, root, os.path.join(out, "b")), _trainer(config, root, os.path.join(out, "a"))
@@ -85,6 +87,12 @@ def phase_step_times(root=None, iters=8, rounds=3, config=CONFIG):
         for name in ("adversarial", "identity"):
             res[f"{name} + validation / baseline"] = round((med[name] + med["validation"]) / med["baseline"], 3)
     return res
+
+
+BENCH = BenchSettings(
+    step_configs={"ADIN-CaNE (camera+time)": CONFIG},   # vs configs/Synthetic/baseline.yml (ResNet-18, 64x32, batch 32)
+    extra=phase_step_times)                              # per-phase step times of the same config
+COMPARE = CompareSettings(config="projects/ADIN/configs/Synthetic/adin_compare.yml")   # schedule scaled to the budget
 
 
 def main(argv=None):

@@ -3,14 +3,14 @@
 backbone and input), several seeds each; writes results.md (mean ± std of mAP and Rank-1 on the
 unseen domain, and the gap to the baseline) and results.png into --out.
 
-    python -m plugins.compare --out output/compare [--seeds 0 1 2] [--epochs 4] [--only PAOA]
+    python -m tools.compare --out output/compare [--seeds 0 1 2] [--epochs 4] [--only PAOA]
 
 Sized for about an hour on 2 CPU cores: the "compare" preset of the benchmark (50 training ids per
 domain, generated under --root) and 4 epochs x 56 iterations of batch 32 per run for every method
 (20 of them warm-up), data loaded in the training process.
-Each project names its synthetic config for this budget with COMPARE_CONFIG (else the first
-BENCH_CONFIGS), may say what else it trains on with COMPARE_NOTE, and may add test-time variants
-of its trained model with COMPARE_VARIANTS = {name: (config_file, opts)} (evaluated, not trained).
+Each project declares its part in projects/<Name>/tools/bench.py as `COMPARE = CompareSettings(...)`
+(tools.CompareSettings): its synthetic config at this budget, what else it trains on, and test-time
+variants of its trained model ({name: (config_file, opts)}, evaluated, not trained).
 Numbers are what this run measured; a method that does not beat the baseline is reported so.
 """
 import argparse
@@ -25,22 +25,24 @@ import numpy as np
 
 import plugins  # noqa: F401
 import datasets_ext  # noqa: F401
-from plugins.bench import BASELINE, ensure_benchmark, machine
-from plugins.projects import import_projects
+from tools import REPO as _REPO, project_settings
+from tools.bench import BASELINE, ensure_benchmark, machine
 
 TARGET = "SynthDomain3"
-REPO = str(Path(__file__).resolve().parent.parent)   # config paths below are relative to the repository
+REPO = str(_REPO)   # config paths below are relative to the repository
 
 
 def methods(only=None):
     """name -> {"config", "note", "variants"} for the baseline and each discovered project."""
     out = {"baseline": {"config": BASELINE, "note": "SynthDomain0-2", "variants": {}}}
-    for mod in import_projects():
-        cfg = getattr(mod, "COMPARE_CONFIG", None) or next(iter(getattr(mod, "BENCH_CONFIGS", {}).values()), None)
-        name = Path(mod.__file__).parent.parent.name   # the project directory: PAOA, TAL, ...
+    for name, mod in project_settings().items():   # name: the project directory (PAOA, TAL, ...)
+        settings = getattr(mod, "COMPARE", None)
+        cfg = settings.config if settings else None
+        if cfg is None and hasattr(mod, "BENCH"):
+            cfg = next(iter(mod.BENCH.step_configs.values()), None)
         if cfg and (not only or any(o.lower() == name.lower() for o in only)):
-            out[name] = {"config": cfg, "note": getattr(mod, "COMPARE_NOTE", "SynthDomain0-2"),
-                         "variants": dict(getattr(mod, "COMPARE_VARIANTS", {}))}
+            out[name] = {"config": cfg, "note": settings.note if settings else "SynthDomain0-2",
+                         "variants": dict(settings.variants) if settings else {}}
     return out
 
 
