@@ -83,9 +83,13 @@ class CompareSettings:
     note: what the method trains on, when not the three labelled source domains.
     variants: {row name: (config, opts)}: test-time variants of the trained model (evaluated only).
     ablations: the paper's own ablation tables (`Ablation`), each row against its paper reference.
+    differs: what differs from the common baseline besides the method's mechanism (identity
+        objective, head, training data); when set, the methods table shows the method's score with
+        this note instead of a verdict against the baseline (the paper's ablation gives the verdict).
     """
     config: Optional[str] = None
     note: str = "SynthDomain0-2"
+    differs: str = ""
     variants: Mapping[str, Tuple[str, Sequence[str]]] = field(default_factory=dict)
     ablations: Sequence[Ablation] = ()
 

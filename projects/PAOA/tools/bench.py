@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tools import BenchSettings, CompareSettings
+from tools import Ablation, BenchSettings, CompareSettings, Row
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -140,8 +140,26 @@ BENCH = BenchSettings(step_configs={   # per-step time against configs/Synthetic
 }, extra=bench_extra)
 # `make compare`: PAOA (design d) trained; PAOA+ is the same trained model evaluated with test-time
 # adaptation on the auxiliary loss.
-COMPARE = CompareSettings(config="projects/PAOA/configs/Synthetic/paoa.yml",
-                          variants={"PAOA+": ("projects/PAOA/configs/Synthetic/paoa_plus.yml", ())})
+_SYN = "projects/PAOA/configs/Synthetic/"
+COMPARE = CompareSettings(
+    config=_SYN + "paoa.yml",
+    variants={"PAOA+": (_SYN + "paoa_plus.yml", ())},
+    differs="plain cross-entropy (Eq. 1, no label smoothing) beside the triplet loss: see the PAOA Table 3 rows",
+    ablations=(
+        Ablation("PAOA (Li & Gong, WACV 2024) Table 3: components", rows=(
+            Row("baseline", _SYN + "paoa.yml", tuple(VARIANTS["baseline"])),   # same losses, no auxiliary head
+            Row("Aux", _SYN + "aux.yml", against="baseline", diagnostics=("paoa",)),
+            Row("Aux+GC", _SYN + "paoa.yml", against="Aux", diagnostics=("paoa",)),
+            Row("Aux+GC+DTO", _SYN + "paoa_plus.yml", against="Aux+GC", evaluate_only=True,
+                diagnostics=("paoa_plus",)),
+        )),
+        Ablation("PAOA (Li & Gong, WACV 2024) Table 5: calibration designs", rows=(
+            Row("a (none)", _SYN + "aux.yml", diagnostics=("paoa",)),
+            Row("b (primary calibrated)", _SYN + "calibrate_primary.yml", against="a (none)", diagnostics=("paoa",)),
+            Row("c (mutual)", _SYN + "mutual.yml", against="a (none)", diagnostics=("paoa",)),
+            Row("d (PAOA)", _SYN + "paoa.yml", against="a (none)", diagnostics=("paoa",)),
+        )),
+    ))
 
 
 def main(argv=None):

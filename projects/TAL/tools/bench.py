@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from tools import BenchSettings
+from tools import Ablation, BenchSettings, CompareSettings, Row
 from tools.bench_evaluator import _phase
 
 SYNTH_CONFIG = "projects/TAL/configs/Synthetic/tal.yml"
@@ -128,6 +128,24 @@ def shortlist_tradeoff(config, weights, root, topks, device="cpu", targets=None)
 # per-step time against configs/Synthetic/baseline.yml (same backbone, input, batch); pairwise
 # scoring throughput (pairs/s) and peak memory at a few sizes.
 BENCH = BenchSettings(step_configs={"TAL": SYNTH_CONFIG}, extra=scoring_bench)
+_SYN = "projects/TAL/configs/Synthetic/"
+COMPARE = CompareSettings(
+    config=SYNTH_CONFIG,
+    differs="QAConv-GS training (graph sampler, pairwise BCE on QAConv scores, SGD), not the baseline's "
+            "CE + triplet: see the TAL Table 3 rows",
+    ablations=(
+        Ablation("TAL (Yan et al., arXiv 2021) Table 3: streams", rows=(
+            Row("neither (QAConv-GS)", _SYN + "tal_baseline.yml"),
+            Row("DS", _SYN + "tal_ds.yml", against="neither (QAConv-GS)", diagnostics=("tal",)),
+            Row("DI", _SYN + "tal_di.yml", against="neither (QAConv-GS)", diagnostics=("tal",)),
+            Row("DS+DI", SYNTH_CONFIG, against="neither (QAConv-GS)", diagnostics=("tal",)),
+        )),
+        Ablation("TAL (Yan et al., arXiv 2021) Table 4: the DI network's normalisation", rows=(
+            Row("average", _SYN + "tal_di.yml", ("MODEL.TAL.DI_NORM", "average")),
+            Row("BN", _SYN + "tal_di.yml", ("MODEL.TAL.DI_NORM", "bn"), against="average"),
+            Row("DABN", _SYN + "tal_di.yml", against="average", diagnostics=("tal",)),
+        )),
+    ))
 
 
 def main(argv=None):
