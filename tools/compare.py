@@ -43,7 +43,7 @@ import datasets_ext  # noqa: F401
 from tools import REPO as _REPO, Ablation, Row, project_settings
 from tools.bench import BASELINE, ensure_benchmark, machine
 from tools.compare_stats import compare_rows, mean_ci
-from tools.diagnostics import read_metrics, run_diagnostics, summarize_acted
+from tools.diagnostics import run_diagnostics, summarize_acted
 
 TARGET = "SynthDomain3"
 SOURCE_HELD_OUT = "SynthDomain0"   # test split of a source domain: identities never trained on
@@ -281,16 +281,27 @@ def write_plot(title, entries, path):
 
 
 # ------------------------------------------------------------------ learning curve
-def eval_points(metrics, key, iters_per_epoch):
-    """[(epoch, value)] of an evaluation scalar (e.g. "SynthDomain3/mAP") from metrics.json lines.
-    fastreid's EvalHook puts the results after an epoch's last iteration; the writer then repeats
-    the latest value in every line until the next evaluation, so a point is a change of value,
-    attributed to the epoch that ended at or before the line's iteration."""
-    out, last = [], None
-    for m in metrics:
-        if key in m and m[key] != last:
-            last = m[key]
-            out.append((int((m["iteration"] + 1) // iters_per_epoch), float(last)))
+EVAL_BLOCK = "DG evaluation (mean ± std over splits):"
+
+
+def eval_points(log_text, target, metric="mAP"):
+    """[(epoch, value)] of `metric` on `target` from the evaluation tables of a run's log.txt,
+    the k-th table being epoch k (the run evaluated every epoch: TEST.EVAL_PERIOD 1). The log,
+    not metrics.json: fastreid's JSONWriter drops scalars put at the iteration it has just written,
+    which is where an epoch-end evaluation lands when the epoch length is a multiple of 20."""
+    out = []
+    for epoch, block in enumerate(log_text.split(EVAL_BLOCK)[1:], 1):
+        lines = [ln for ln in block.splitlines()[1:] if ln.startswith("|")]
+        if not lines:
+            continue
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        if metric not in header or "target" not in header:
+            raise ValueError(f"evaluation table without a {metric!r} / 'target' column: {lines[0]}")
+        for ln in lines[2:]:
+            cells = [c.strip() for c in ln.strip("|").split("|")]
+            if cells[header.index("target")] == target:
+                out.append((epoch, float(cells[header.index(metric)])))
+                break
     return out
 
 
@@ -333,8 +344,9 @@ def learning_curve(root, out, epochs, iters_per_epoch=56, warmup_iters=20, worke
     run = os.path.join(out, "curve")
     _run(BASELINE, root, seed, "OUTPUT_DIR", run, *budget_opts(epochs, iters_per_epoch, warmup_iters, workers, 1),
          *opts, tests=(TARGET, SOURCE_HELD_OUT))
-    m = read_metrics(run)
-    curves = {f"{t} mAP": eval_points(m, f"{t}/mAP", iters_per_epoch) for t in (TARGET, SOURCE_HELD_OUT)}
+    with open(os.path.join(run, "log.txt")) as f:
+        log = f.read()
+    curves = {f"{t} mAP": eval_points(log, t) for t in (TARGET, SOURCE_HELD_OUT)}
     res = {"points": curves, "plateau_epoch": plateau_epoch(curves[f"{TARGET} mAP"]),
            "iters_per_epoch": iters_per_epoch, "plateau_fraction": PLATEAU, "machine": machine()}
     with open(os.path.join(out, "curve.json"), "w") as f:
