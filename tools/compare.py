@@ -358,12 +358,6 @@ def learning_curve(root, out, epochs, iters_per_epoch=56, warmup_iters=20, worke
 
 
 # ------------------------------------------------------------------ driver
-PRESETS = {   # --quick: the methods table only; full: the methods table and every paper's ablation
-    "full": dict(quick=False),
-    "quick": dict(quick=True),
-}
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="output/compare")
