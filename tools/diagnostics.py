@@ -122,7 +122,8 @@ def ptl(run_dir):
         values[f"{key}_first"], values[f"{key}_last"] = first, last
         falling.append(last <= (1 - MIN_LOSS_DROP) * first)
     if not falling:
-        return _none("no proxy loss on target images in metrics.json (the BL row)")
+        return _none("fewer than 2 logged values of a target proxy loss in metrics.json (the BL row, or a run "
+                     "shorter than 2 x 20 iterations)")
     return {"values": values, "acted": all(falling),
             "why": "target proxy losses fell" if all(falling) else "a target proxy loss did not fall"}
 
