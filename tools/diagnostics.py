@@ -90,7 +90,8 @@ def paoa(run_dir):
     m = read_metrics(run_dir)
     share, ratio = series(m, "grad_conflict_share"), series(m, "grad_aux_ratio")
     if not ratio:
-        return _none("no grad_aux_ratio in metrics.json (a single objective: no auxiliary gradient)")
+        return _none("no grad_aux_ratio in metrics.json (design (a)'s `sum` combiner logs no gradient "
+                     "statistics; or a single objective)")
     values = {"conflict_share": share[-1][1] if share else math.nan,
               "aux_to_primary": float(np.mean([v for _, v in ratio]))}
     if values["aux_to_primary"] < MIN_AUX_RATIO:
