@@ -13,7 +13,7 @@ DATA ?= datasets
 
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench compare footage gpu-check gpu-wheels clean-venv
+.PHONY: setup demo test bench compare compare-quick compare-curve footage gpu-check gpu-wheels clean-venv
 
 setup: $(STAMP)
 
@@ -36,10 +36,19 @@ test: setup
 	$(PY) -m pytest -q -x --durations=15
 
 bench: setup
-	$(PY) -m plugins.bench
+	$(PY) -m tools.bench
 
+# each paper's ablation + every method beside the baseline, 3 seeds (~3.5 h on 2 cores, resumable)
 compare: setup
-	$(PY) -m plugins.compare --root $(DATA)/compare --out output/compare
+	$(PY) -m tools.compare --root $(DATA)/compare --out output/compare
+
+# the methods table only (~1 h on 2 cores)
+compare-quick: setup
+	$(PY) -m tools.compare --quick --root $(DATA)/compare --out output/compare-quick
+
+# the baseline's learning curve (picks the budget: --epochs of compare)
+compare-curve: setup
+	$(PY) -m tools.compare --curve --root $(DATA)/compare --out output/compare-curve
 
 # On the GPU machine (Python 3.12 + torch there; wheels carried in .whl/, see README "GPU check")
 gpu-check:

@@ -162,7 +162,8 @@ def test_commands_taking_a_model_use_the_strict_loader(synthetic_root, tmp_path)
     with pytest.raises(CheckpointMismatchError, match=r"^MODEL.WEIGHTS .*r34.pth does not match the model"):
         cluster(["--config-file", os.path.join(REPO, "projects/DomainMix/configs/Synthetic/domainmix.yml"),
                  "DATASETS.ROOT", synthetic_root, "MODEL.WEIGHTS", path, "MODEL.DEVICE", "cpu"])
-    from tal.bench import shortlist_tradeoff
+    from tools import load_project_tool
+    shortlist_tradeoff = load_project_tool("TAL", "bench").shortlist_tradeoff
     with pytest.raises(CheckpointMismatchError, match=r"^MODEL.WEIGHTS .*r34.pth does not match the model"):
         shortlist_tradeoff(os.path.join(REPO, "projects/TAL/configs/Synthetic/tal.yml"), path, synthetic_root, [0])
 

@@ -14,7 +14,7 @@ steps         each paper config (bagtricks baseline, PAOA, PTL, ADIN, DomainMix 
               weights off (random initialisation; no download). Built one after another: the peak
               GPU memory of a config is the allocator's high-water mark during its first step above
               what was allocated before it was built. Then one warm-up round and up to --rounds
-              rounds (as many as fit the part's time), timed round-robin (plugins.bench
+              rounds (as many as fit the part's time), timed round-robin (tools.bench
               StepRunner / round_robin / ratios): s/step = median over rounds, x baseline = median
               of the per-round ratios to the baseline step of the same round. PAOA's goal: <= 1.7x.
 loader_swaps  fastreid's DataLoaderX (the real one on CUDA) with DATALOADER.NUM_WORKERS workers,
@@ -29,7 +29,7 @@ tal_qaconv    TAL's pairwise QAConv scoring (tal.evaluation.qaconv_dist_fn, TAL.
               the paper's map size (24x8, 384x128 input), query chunks until the part's time slice
               is spent: pairs/s, the extrapolated full time, peak GPU memory above resident
               (must stay within the memory budget).
-clustering    DomainMix's clustering (domainmix.bench_cluster.measure) of 30,000 clustered random
+clustering    DomainMix's clustering (projects/DomainMix/tools/bench.py measure) of 30,000 clustered random
               2048-d features, k-NN search on the GPU (pseudo_labels.knn_search use_gpu=True: GPU
               faiss when installed, else exact blockwise torch search on CUDA).
 train_net     `train_net.py --num-gpus N` (N = min(2, GPUs)) for a few iterations of the synthetic
@@ -153,7 +153,7 @@ def _mb(x):
 def part_steps(ctx):
     """One row per paper config: s/step, x baseline (median, per-round range), peak GPU memory."""
     torch = ctx.torch
-    from plugins.bench import StepRunner, ratios, round_robin
+    from tools.bench import StepRunner, ratios, round_robin
     rows, runners, peaks, failed = [], {}, {}, {}
     for i, (name, (config, own)) in enumerate(PAPER_CONFIGS.items()):
         try:
@@ -230,7 +230,7 @@ def part_loader_swaps(ctx, swaps=3):
     """DataLoaderX swapped `swaps` times through DGStep.set_data_loader: live workers after each."""
     from fastreid.data import data_utils
     from fastreid.modeling.meta_arch import build_model
-    from plugins.bench import load_cfg
+    from tools.bench import load_cfg
     from plugins.data.build import build_dg_train_loader
     from plugins.engine import DGStep, build_optimizer
     workers = 2 if ctx.tiny else 4
@@ -296,7 +296,9 @@ def part_tal_qaconv(ctx, slice_s=None):
     """TAL's pairwise scoring of a Market-size random gallery within TAL.EVAL.MEMORY_MB."""
     torch = ctx.torch
     from plugins.config import get_dg_cfg
-    from tal.bench import _model, random_features
+    from tools import load_project_tool
+    tal_bench = load_project_tool("TAL", "bench")
+    _model, random_features = tal_bench._model, tal_bench.random_features
     from tal.evaluation import qaconv_dist_fn
     cfg = get_dg_cfg(os.path.join(REPO, "projects/TAL/configs/Protocol2/tal_to_M.yml"), ["MODEL.DEVICE", ctx.device])
     budget_mb, dtype = cfg.TAL.EVAL.MEMORY_MB, getattr(torch, cfg.TAL.EVAL.FEATURE_DTYPE)
@@ -342,7 +344,8 @@ def part_tal_qaconv(ctx, slice_s=None):
 
 def part_clustering(ctx):
     """DomainMix's k-reciprocal Jaccard + DBSCAN clustering of 30k 2048-d features, GPU k-NN."""
-    from domainmix.bench_cluster import measure
+    from tools import load_project_tool
+    measure = load_project_tool("DomainMix", "bench").measure
     n = 600 if ctx.tiny else 30_000
     r = measure(n, 2048, use_gpu=ctx.gpu)
     from plugins import kreciprocal as kr

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -32,9 +32,17 @@ PRESETS = {
                     height=128, width=64),
     "tiny": dict(domains=4, train_ids=8, test_ids=6, cameras=3, images_per_id=2,
                  height=64, width=32),
+    # `make compare` (issue #21): the compare sizes with the shifts the methods are about: ids seen
+    # by 2 of 6 cameras with skewed camera and time priors (MSMT17-like, ADIN), camera-distinct
+    # backgrounds (a shortcut saliency can remove, PAOA), a synthetic-looking domain 0 (DomainMix's
+    # labelled synthetic source) and doubled per-domain colour statistics (DSBN/DABN, TAL).
+    "shifts": dict(domains=4, train_ids=50, test_ids=50, cameras=6, images_per_id=3,
+                   height=128, width=64, cameras_per_id=2, camera_skew=1.0, time_skew=1.5,
+                   camera_background="distinct", synthetic_domains=(0,), stats_shift=2.0),
 }
 # seed streams: independent random sequences per purpose
-IDENTITY, CAMERA, SCENE, SHOT, TRACK, QUERY, ORDER = range(1, 8)
+IDENTITY, CAMERA, SCENE, SHOT, TRACK, QUERY, ORDER, VISITS = range(1, 9)
+CAMERA_BACKGROUNDS = ("shared", "scene", "distinct")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,14 @@ class Config:
     images_per_id: int = 3      # per identity per camera (train and gallery)
     height: int = 128
     width: int = 64
+    # ---- benchmark shifts (issue #21); the defaults leave the images byte-identical to before
+    cameras_per_id: int = 0     # cameras that see a train id (0: all); test ids: at least query_cameras + 1
+    camera_skew: float = 0.0    # Zipf exponent s of the camera choice, p(camera c) ~ (c + 1)^-s
+    time_skew: float = 0.0      # Zipf exponent of the time period of a pass, p(t) ~ (t + 1)^-s
+    camera_background: str = "scene"   # shared: one scene per domain; scene: one per camera;
+    #                                    distinct: one per camera, blended with a camera colour
+    synthetic_domains: tuple = ()      # domains rendered synthetic-looking (clean, saturated, flat)
+    stats_shift: float = 1.0    # scales each domain's colour-statistics deviation from neutral
 
     def validate(self):
         checks = [(1 <= self.domains <= len(DOMAINS), f"domains must be 1..{len(DOMAINS)}"),
@@ -54,7 +70,15 @@ class Config:
                   (self.train_ids >= 1 and self.test_ids >= 1, "need >= 1 train and test id"),
                   (self.train_ids + self.test_ids <= 9999, "at most 9999 ids per domain"),
                   (self.images_per_id >= 1, "images_per_id must be >= 1"),
-                  (self.height >= 32 and self.width >= 16, "image size must be >= 32x16")]
+                  (self.height >= 32 and self.width >= 16, "image size must be >= 32x16"),
+                  (0 <= self.cameras_per_id <= self.cameras,
+                   f"cameras_per_id must be 0 (all) or 1..cameras ({self.cameras})"),
+                  (self.camera_skew >= 0 and self.time_skew >= 0, "camera_skew and time_skew must be >= 0"),
+                  (self.camera_background in CAMERA_BACKGROUNDS,
+                   f"camera_background must be one of {CAMERA_BACKGROUNDS}"),
+                  (all(0 <= d < self.domains for d in self.synthetic_domains),
+                   f"synthetic_domains must be domain indices 0..{self.domains - 1}"),
+                  (self.stats_shift >= 0, "stats_shift must be >= 0")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -73,20 +97,51 @@ def camera_order(cfg, d):
     return rng(cfg, ORDER, d).permutation(len(VIEWPOINTS))
 
 
+def zipf(n, s):
+    """p(k) ~ (k + 1)^-s over k = 0..n-1 (s = 0: uniform)."""
+    w = np.arange(1, n + 1, dtype=np.float64) ** -float(s)
+    return w / w.sum()
+
+
+def visited_cameras(cfg, d, pid, test):
+    """Cameras that see identity `pid` (sorted): all of them, or `cameras_per_id` (test ids: at
+    least query_cameras + 1, so that each query keeps a gallery camera) drawn without replacement
+    with p(c) ~ zipf(cameras, camera_skew)."""
+    k = cfg.cameras_per_id
+    if k == 0:
+        return list(range(cfg.cameras))
+    if test:
+        k = max(k, cfg.query_cameras + 1)
+    chosen = rng(cfg, VISITS, d, pid).choice(cfg.cameras, k, replace=False, p=zipf(cfg.cameras, cfg.camera_skew))
+    return sorted(int(c) for c in chosen)
+
+
+def pass_time(cfg, d, pid, c):
+    """Time period of identity pid's pass in front of camera c (uniform, or zipf(3, time_skew))."""
+    r = rng(cfg, TRACK, d, pid, c)
+    if cfg.time_skew == 0:
+        return int(r.integers(len(TIME_PERIODS)))
+    return int(r.choice(len(TIME_PERIODS), p=zipf(len(TIME_PERIODS), cfg.time_skew)))
+
+
 def plan(cfg):
     """All shots: (domain, split, pid, cam, time, index), in a fixed order."""
     shots = []
     for d in range(cfg.domains):
         for pid in range(1, cfg.train_ids + cfg.test_ids + 1):
             # a person passes each camera once: one time period per (pid, camera) track
-            times = [int(rng(cfg, TRACK, d, pid, c).integers(len(TIME_PERIODS)))
-                     for c in range(cfg.cameras)]
-            if pid <= cfg.train_ids:
+            test = pid > cfg.train_ids
+            cams = visited_cameras(cfg, d, pid, test)
+            times = {c: pass_time(cfg, d, pid, c) for c in cams}
+            if not test:
                 shots += [(d, SPLITS[0], pid, c, times[c], i)
-                          for c in range(cfg.cameras) for i in range(cfg.images_per_id)]
+                          for c in cams for i in range(cfg.images_per_id)]
                 continue
-            qcams = set(rng(cfg, QUERY, d, pid).permutation(cfg.cameras)[:cfg.query_cameras].tolist())
-            for c in range(cfg.cameras):
+            if cfg.cameras_per_id == 0:
+                qcams = set(rng(cfg, QUERY, d, pid).permutation(cfg.cameras)[:cfg.query_cameras].tolist())
+            else:
+                qcams = set(int(c) for c in rng(cfg, QUERY, d, pid).permutation(cams)[:cfg.query_cameras])
+            for c in cams:
                 if c in qcams:
                     shots.append((d, SPLITS[1], pid, c, times[c], 0))
                 else:
@@ -105,15 +160,50 @@ def _identity(cfg, d, pid):
     return sample_identity(rng(cfg, IDENTITY, d, pid))
 
 
+def camera_colour(c, cameras):
+    """RGB in [0, 1] of camera c's background tint (camera_background "distinct"): hues evenly
+    spaced around the colour wheel, full saturation."""
+    hsv = np.uint8([[[int(180 * c / cameras), 255, 230]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255
+
+
+def domain_of(cfg, d):
+    """DOMAINS[d] with the shift options applied: stats_shift scales the deviation of gain, colour
+    cast, saturation and contrast from neutral (1); a synthetic-looking domain is clean (no noise,
+    blur, haze or vignette, full resolution) and saturated."""
+    dom = DOMAINS[d]
+    s, f = dom.style, cfg.stats_shift
+    if f != 1.0:
+        s = replace(s, gain=1 + f * (s.gain - 1), cast=tuple(float(1 + f * (c - 1)) for c in s.cast),
+                    saturation=max(0.0, 1 + f * (s.saturation - 1)), contrast=max(0.1, 1 + f * (s.contrast - 1)))
+    if d in cfg.synthetic_domains:
+        s = replace(s, noise=0.0, blur=0.0, haze=0.0, vignette=0.0, res_scale=1.0,
+                    saturation=s.saturation * 1.4, shade=0.0)
+    return dom if s is dom.style else replace(dom, style=s)
+
+
+def _posterize(img, levels=4):
+    """Flat colour bands (the look of an untextured game render), on [0, 1] floats."""
+    return np.round(img * (levels - 1)) / (levels - 1)
+
+
 @functools.lru_cache(maxsize=None)
 def _camera(cfg, d, c):
-    camera = make_camera(DOMAINS[d], c, rng(cfg, CAMERA, d, c), camera_order(cfg, d))
-    return camera, make_scene(DOMAINS[d], camera, rng(cfg, SCENE, d, c), (cfg.height, cfg.width))
+    dom = domain_of(cfg, d)
+    camera = make_camera(dom, c, rng(cfg, CAMERA, d, c), camera_order(cfg, d))
+    if cfg.camera_background == "shared" and c != 0:   # camera 0's scene for every camera
+        return camera, _camera(cfg, d, 0)[1]
+    scene = make_scene(dom, camera, rng(cfg, SCENE, d, c), (cfg.height, cfg.width))
+    if cfg.camera_background == "distinct":
+        scene = (0.5 * scene + 0.5 * camera_colour(c, cfg.cameras)).astype(np.float32)
+    if d in cfg.synthetic_domains:
+        scene = _posterize(cv2.GaussianBlur(scene, (0, 0), 2.0)).astype(np.float32)
+    return camera, scene
 
 
 def render_shot(cfg, shot):
     d, split, pid, cam, t, i = shot
-    domain, (camera, scene) = DOMAINS[d], _camera(cfg, d, cam)
+    domain, (camera, scene) = domain_of(cfg, d), _camera(cfg, d, cam)
     r = rng(cfg, SHOT, d, pid, cam, SPLITS.index(split), i)
     view = sample_view(domain, camera, r)
     style = shot_style(domain, camera, t, r)
@@ -141,7 +231,8 @@ def is_complete(out, cfg):
             marker = json.load(f)
     except (OSError, ValueError):
         return False
-    return meta.get("config") == asdict(cfg) == marker and meta.get("format_version") == FORMAT_VERSION
+    want = json.loads(json.dumps(asdict(cfg)))   # tuples as JSON lists, as stored
+    return meta.get("config") == want == marker and meta.get("format_version") == FORMAT_VERSION
 
 
 def _prepare(out):
@@ -160,12 +251,24 @@ def meta_of(cfg, shots):
                                         "ids": len({s[2] for s in mine if s[1] == split})}
                                 for split in SPLITS}
     domains = []
+    cams_of = {}
+    for s in shots:
+        if s[1] == SPLITS[0]:
+            cams_of.setdefault((s[0], s[2]), set()).add(s[3])
     for d in range(cfg.domains):
-        dom = DOMAINS[d]
+        dom = domain_of(cfg, d)
         cams = [_camera(cfg, d, c)[0] for c in range(cfg.cameras)]
+        train = [s for s in shots if s[0] == d and s[1] == SPLITS[0]]
+        per_id = [len(v) for (dd, _), v in cams_of.items() if dd == d]
         domains.append({
             "index": d, "name": dom.name, "summary": dom.summary,
             "person_height": list(dom.height), "time_strength": dom.time_strength,
+            "synthetic_looking": d in cfg.synthetic_domains,
+            # planned priors of the train split (sanity.py measures them on the files)
+            "train_camera_prior": [round(sum(s[3] == c for s in train) / len(train), 4) for c in range(cfg.cameras)],
+            "train_time_prior": [round(sum(s[4] == t for s in train) / len(train), 4)
+                                 for t in range(len(TIME_PERIODS))],
+            "train_cameras_per_id": [min(per_id), round(float(np.mean(per_id)), 3), max(per_id)],
             "style": {k: v for k, v in asdict(dom.style).items() if k != "response"},
             "cameras": [{"index": c.index, "wall": c.wall, "floor": c.floor,
                          "main_viewpoint": VIEWPOINTS[int(np.argmax(c.view_probs))],
@@ -226,9 +329,12 @@ def generate(root, cfg, workers=2, force=False, log=print):
 
 def config_from_args(args):
     sizes = dict(PRESETS[args.preset])
-    for key in ("domains", "train_ids", "test_ids", "cameras", "images_per_id", "height", "width"):
+    for key in ("domains", "train_ids", "test_ids", "cameras", "images_per_id", "height", "width",
+                "cameras_per_id", "camera_skew", "time_skew", "camera_background", "stats_shift"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
+    if args.synthetic_domains is not None:
+        sizes["synthetic_domains"] = tuple(args.synthetic_domains)
     return Config(seed=args.seed, **sizes)
 
 
@@ -245,6 +351,12 @@ def main(argv=None):
     p.add_argument("--images-per-id", type=int, help="images per identity per camera")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
+    p.add_argument("--cameras-per-id", type=int, help="cameras that see a train id (0: all)")
+    p.add_argument("--camera-skew", type=float, help="Zipf exponent of the camera choice")
+    p.add_argument("--time-skew", type=float, help="Zipf exponent of the time period")
+    p.add_argument("--camera-background", choices=CAMERA_BACKGROUNDS)
+    p.add_argument("--synthetic-domains", type=int, nargs="*", help="domains rendered synthetic-looking")
+    p.add_argument("--stats-shift", type=float, help="scale of per-domain colour-statistics deviations")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--force", action="store_true", help="regenerate even if complete")
     args = p.parse_args(argv)

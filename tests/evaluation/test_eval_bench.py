@@ -1,5 +1,5 @@
 """Smoke test of the benchmark helper (timings are not asserted: performance lives in the bench)."""
-from plugins.evaluation.bench import bench_evaluator, fastreid_memory_gb
+from tools.bench_evaluator import bench_evaluator, fastreid_memory_gb
 
 
 def test_bench_reports_timings_memory_and_agrees_with_fastreid():
@@ -16,7 +16,7 @@ def test_rerank_bench_reports_ratios_and_the_exact_metrics():
     import torch.nn.functional as F
     from fastreid.utils.compute_dist import build_dist
     from plugins.evaluation import evaluate_rank_distmat
-    from plugins.evaluation.bench import bench_rerank, make_data
+    from tools.bench_evaluator import bench_rerank, make_data
     res = bench_rerank(40, 300, 16, seed=2, k1=6, k2=2, noise=0.8, topk=20)
     for key in ("product_s", "plain_s", "rerank_s", "rerank_peak_gb", "ratio_to_product",
                 "ratio_to_plain", "topk_s"):

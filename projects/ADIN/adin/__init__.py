@@ -8,15 +8,3 @@ from .modeling import ADIN
 from .trainer import ADINTrainer
 
 add_config = add_adin_config
-
-# `make bench`: per-step time against configs/Synthetic/baseline.yml (ResNet-18, 64x32, batch 32).
-BENCH_CONFIGS = {
-    "ADIN-CaNE (camera+time)": "projects/ADIN/configs/Synthetic/adin_cane.yml",
-}
-COMPARE_CONFIG = "projects/ADIN/configs/Synthetic/adin_compare.yml"   # schedule scaled to the budget
-
-
-def bench_extra():
-    """Per-phase step times of the synthetic CaNE config (see adin.bench)."""
-    from .bench import phase_step_times
-    return phase_step_times()

@@ -1,5 +1,5 @@
-"""The project's commands: offline clustering (domainmix.cluster) and the clustering benchmark."""
-import domainmix_testutils  # noqa: F401  (project discovery)
+"""The project's commands: offline clustering (domainmix.cluster) and the clustering benchmark
+(projects/DomainMix/tools/bench.py)."""
 from domainmix_testutils import synthetic_overrides
 from plugins.pseudo_labels import read_labels
 
@@ -19,7 +19,9 @@ def test_cluster_command_writes_a_labels_file(synthetic_root, tmp_path):
 
 
 def test_clustering_benchmark_measures_each_step():
-    from domainmix.bench_cluster import clustered_features, measure
+    from tools import load_project_tool
+    bench = load_project_tool("DomainMix", "bench")
+    clustered_features, measure = bench.clustered_features, bench.measure
     x, ids = clustered_features(800, dim=64)
     assert x.shape == (800, 64) and ids.min() == 0
     res = measure(800, dim=64)

@@ -234,9 +234,11 @@ def test_accumulated_micro_batches_match_the_joint_batch():
 
 
 def test_bench_extra_reports_the_calibration_share():
-    from paoa import BENCH_CONFIGS, bench_extra
-    assert all(os.path.exists(os.path.join(REPO, f)) for f in BENCH_CONFIGS.values())
-    out = bench_extra(steps=1, repeats=1, opts=["SOLVER.IMS_PER_BATCH", "8", "INPUT.SIZE_TRAIN", "[32,16]",
+    from tools import load_project_tool
+    bench = load_project_tool("PAOA", "bench")
+    assert all(os.path.exists(os.path.join(REPO, f)) for f in bench.BENCH.step_configs.values())
+    assert bench.BENCH.extra is bench.bench_extra
+    out = bench.bench_extra(steps=1, repeats=1, opts=["SOLVER.IMS_PER_BATCH", "8", "INPUT.SIZE_TRAIN", "[32,16]",
                                                   "MODEL.BACKBONE.DEPTH", "18x"])
     assert out["shared_params"] == 11176512   # ResNet-18's parameters: the whole extractor is calibrated
     assert 0 < out["calibration_s"] < out["paoa_step_s"]
@@ -244,7 +246,8 @@ def test_bench_extra_reports_the_calibration_share():
 
 
 def test_step_ratios_time_the_three_variants_in_one_run():
-    from paoa.bench import main
+    from tools import load_project_tool
+    main = load_project_tool("PAOA", "bench").main
     r = main(["--steps", "1", "SOLVER.IMS_PER_BATCH", "8", "INPUT.SIZE_TRAIN", "[32,16]"])
     assert set(r["step_s"]) == {"baseline", "PAOA-no-calibration", "PAOA"}
     assert r["ratio_to_baseline"]["baseline"] == 1.0 and r["ratio_range"]["baseline"] == (1.0, 1.0)
@@ -257,7 +260,9 @@ def test_step_ratios_time_the_three_variants_in_one_run():
 def test_bench_baseline_variant_is_the_plain_model():
     """The 'baseline' of the step ratios has no auxiliary head and one objective; the paper size is
     ResNet-50 at 256x128, batch 64."""
-    from paoa.bench import SIZES, VARIANTS, _cfg
+    from tools import load_project_tool
+    bench = load_project_tool("PAOA", "bench")
+    SIZES, VARIANTS, _cfg = bench.SIZES, bench.VARIANTS, bench._cfg
     from fastreid.modeling.meta_arch import build_model
     cfg = _cfg(SIZES["synthetic"][0], VARIANTS["baseline"])
     model = build_model(cfg)

@@ -9,8 +9,3 @@ from .meta_arch import PTLBaseline
 from .trainer import PTLTrainer
 
 add_config = add_ptl_config
-
-_SYN = "projects/PTL/configs/Synthetic/"
-BENCH_CONFIGS = {"PTL (HP^t + Attr^t)": _SYN + "ptl.yml"}
-COMPARE_CONFIG = _SYN + "ptl.yml"
-COMPARE_NOTE = "SynthDomain0-2 + unlabelled SynthDomain3 train images"

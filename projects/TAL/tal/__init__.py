@@ -13,12 +13,3 @@ from .model import TAL  # noqa: F401
 from .trainer import TALTrainer  # noqa: F401
 
 add_config = add_tal_config
-
-# `make bench`: per-step time against configs/Synthetic/baseline.yml (same backbone, input, batch)
-BENCH_CONFIGS = {"TAL": "projects/TAL/configs/Synthetic/tal.yml"}
-
-
-def bench_extra():
-    """Pairwise-scoring throughput (pairs/s) and peak memory at a few sizes (tal.bench)."""
-    from .bench import scoring_bench
-    return scoring_bench()

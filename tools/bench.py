@@ -1,6 +1,7 @@
 """`make bench`: ratios measured in one run, on this machine.
 
-- step time of each project's BENCH_CONFIGS against configs/Synthetic/baseline.yml (same backbone,
+- step time of each project's `BENCH.step_configs` (projects/<Name>/tools/bench.py, see
+  tools.BenchSettings) against configs/Synthetic/baseline.yml (same backbone,
   input and batch: checked), on the default synthetic benchmark, training mode, data loading
   excluded (batches are drawn before the timer starts). Every trainer is built first and the
   steps are timed in turn, one per config per round, so a slow spell of the machine hits all
@@ -12,10 +13,10 @@
   clustered random features; --rerank-size scales both, 0 skips it) against the (Q+G) x (Q+G)
   similarity product and plain exact evaluation, with peak resident memory (goal <= 4 GB;
   measured 2026-11-30: 0.60x the product, 4.0x plain evaluation, 3.32 GB);
-- each project's `bench_extra()` (e.g. clustering time, QAConv throughput).
+- each project's `BENCH.extra()` (e.g. clustering time, QAConv throughput).
 
-    python -m plugins.bench [--iters 10 (rounds)] [--only PAOA] [--skip-eval] [--rerank-size 1]
-                            [--json out.json]
+    python -m tools.bench [--iters 10 (rounds)] [--only PAOA] [--skip-eval] [--rerank-size 1]
+                          [--json out.json]
 """
 import argparse
 import datetime
@@ -33,7 +34,7 @@ from fastreid.utils.events import EventStorage
 
 from plugins.config import get_dg_cfg
 from plugins.engine import TRAINER_REGISTRY
-from plugins.projects import import_projects
+from tools import project_settings
 
 BASELINE = "configs/Synthetic/baseline.yml"
 SAME = ("INPUT.SIZE_TRAIN", "MODEL.BACKBONE.DEPTH", "SOLVER.IMS_PER_BATCH")
@@ -142,11 +143,11 @@ def main(argv=None):
     ensure_benchmark(args.root)
     report = {"machine": machine(), "steps": {}, "evaluator": None, "rerank": None, "extra": {}}
     print(f"machine: {report['machine']}\n")
-    mods = [m for m in import_projects()
-            if not args.only or any(o.lower() == m.__name__.lower() for o in args.only)]
+    benches = {name: mod.BENCH for name, mod in project_settings().items() if hasattr(mod, "BENCH")
+               and (not args.only or any(o.lower() == name.lower() for o in args.only))}
     configs = {"baseline": BASELINE}
-    for mod in mods:
-        configs.update(getattr(mod, "BENCH_CONFIGS", {}))
+    for bench in benches.values():
+        configs.update(bench.step_configs)
     with tempfile.TemporaryDirectory() as out:   # every trainer built first, then timed in turn
         runners = {k: StepRunner(f, args.root, os.path.join(out, str(i))) for i, (k, f) in enumerate(configs.items())}
         times = round_robin({k: r.run for k, r in runners.items()}, args.iters, warmup=3)
@@ -161,20 +162,20 @@ def main(argv=None):
         report["steps"][k] = {"seconds": sec, "ratio": r["median"], "ratio_min": r["min"], "ratio_max": r["max"],
                               "config": f}
         print(f"{label:<44} {sec:8.3f} {r['median']:10.2f}   {r['min']:.2f}-{r['max']:.2f}{note}")
-    for mod in mods:
-        if hasattr(mod, "bench_extra"):
-            extra = mod.bench_extra()
-            report["extra"][mod.__name__] = extra
+    for name, bench in benches.items():
+        if bench.extra is not None:
+            extra = bench.extra()
+            report["extra"][name] = extra
             for k, v in extra.items():
-                print(f"  {mod.__name__}: {k} = {v}")
+                print(f"  {name}: {k} = {v}")
     if not args.skip_eval:
-        from plugins.evaluation.bench import _print, bench_evaluator
+        from tools.bench_evaluator import _print, bench_evaluator
         res = bench_evaluator(2000, 20000, 2048, with_fastreid=True)
         report["evaluator"] = res
         print("\nevaluator vs bare product and fastreid's evaluator:")
         _print(res)
     if not args.skip_eval and args.rerank_size > 0:
-        from plugins.evaluation.bench import MSMT17, _print_rerank, bench_rerank
+        from tools.bench_evaluator import MSMT17, _print_rerank, bench_rerank
         res = bench_rerank(max(1, round(MSMT17["num_query"] * args.rerank_size)),
                            max(1, round(MSMT17["num_gallery"] * args.rerank_size)), MSMT17["dim"])
         report["rerank"] = res

@@ -1,9 +1,9 @@
 """Timing and peak memory of the chunked evaluator against the bare similarity product.
 
-    python -m plugins.evaluation.bench --msmt          # 11,659 x 82,161, 2048-d (MSMT17 test)
-    python -m plugins.evaluation.bench --num-query 2000 --num-gallery 10000 --with-fastreid
-    python -m plugins.evaluation.bench --rerank --size 0.1   # exact re-ranking, 1/10 of MSMT17
-    python -m plugins.evaluation.bench --rerank --size 1     # at MSMT17 test size (minutes)
+    python -m tools.bench_evaluator --msmt          # 11,659 x 82,161, 2048-d (MSMT17 test)
+    python -m tools.bench_evaluator --num-query 2000 --num-gallery 10000 --with-fastreid
+    python -m tools.bench_evaluator --rerank --size 0.1   # exact re-ranking, 1/10 of MSMT17
+    python -m tools.bench_evaluator --rerank --size 1     # at MSMT17 test size (minutes)
 
 Peak memory is the process's resident high-water mark (VmHWM) during each phase, reset before
 the phase through /proc/self/clear_refs (Linux); it includes the features already resident.
@@ -18,8 +18,8 @@ import plugins  # noqa: F401  (fastreid shims first)
 import numpy as np
 import torch
 
-from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn
-from .rerank import exact_rerank_dist_fn, topk_rerank_dist_fn
+from plugins.evaluation.rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn
+from plugins.evaluation.rerank import exact_rerank_dist_fn, topk_rerank_dist_fn
 
 MSMT17 = dict(num_query=11659, num_gallery=82161, dim=2048, num_ids=3060, num_cams=15)
 

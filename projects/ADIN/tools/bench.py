@@ -1,7 +1,7 @@
 """Step time of each ADIN phase against the baseline, measured in one process (interleaved rounds,
 median per phase), plus the amortised cost of the validation checks of the threshold switch.
 
-    python -m plugins.run adin.bench [--root DATASETS] [--iters 8] [--config projects/ADIN/configs/Synthetic/adin_cane.yml]
+    python -m tools.run ADIN bench [--root DATASETS] [--iters 8] [--config projects/ADIN/configs/Synthetic/adin_cane.yml]
 
 Without a synthetic benchmark under the root ($FASTREID_DATASETS or datasets/), the tiny preset is
 generated in a temporary directory (timings on it are noisier).
@@ -14,6 +14,8 @@ import tempfile
 import time
 
 from fastreid.utils.events import EventStorage
+
+from tools import Ablation, BenchSettings, CompareSettings, Row
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BASELINE = "configs/Synthetic/baseline.yml"
@@ -58,7 +60,7 @@ def _time_steps(step, n):
 
 
 def phase_step_times(root=None, iters=8, rounds=3, config=CONFIG):
-    from .schedule import identity_error, phases
+    from adin.schedule import identity_error, phases
     root = _root(root)
     with tempfile.TemporaryDirectory() as out:
         base, adin = _trainer(BASELINE, root, os.path.join(out, "b")), _trainer(config, root, os.path.join(out, "a"))
@@ -85,6 +87,25 @@ def phase_step_times(root=None, iters=8, rounds=3, config=CONFIG):
         for name in ("adversarial", "identity"):
             res[f"{name} + validation / baseline"] = round((med[name] + med["validation"]) / med["baseline"], 3)
     return res
+
+
+BENCH = BenchSettings(
+    step_configs={"ADIN-CaNE (camera+time)": CONFIG},   # vs configs/Synthetic/baseline.yml (ResNet-18, 64x32, batch 32)
+    extra=phase_step_times)                              # per-phase step times of the same config
+_SYN = "projects/ADIN/configs/Synthetic/"
+# adin_compare.yml's schedule (scaled to the compare budget), applied to the RG and NE rows too
+COMPARE_SCHEDULE = ("ADIN.JOINT_ITERS", "100", "ADIN.PRETRAIN_ITERS", "20", "ADIN.ADV_ITERS", "40",
+                    "ADIN.IDENTITY_ITERS", "40", "ADIN.VAL.PERIOD", "20")
+COMPARE = CompareSettings(
+    config=_SYN + "adin_compare.yml",
+    differs="identity objective CE + centre loss on the 2-FC head (the paper's), not the baseline's "
+            "CE + triplet + BNNeck: see the ADIN Table 2 rows",
+    ablations=(Ablation("ADIN (Yuan et al., WACV 2020) Table 2: adversarial losses, same identity losses", rows=(
+        Row("baseline", _SYN + "adin_baseline.yml"),                       # f_E + f_I on L_I, no adversary
+        Row("RG", _SYN + "adin_rg.yml", COMPARE_SCHEDULE, against="baseline", diagnostics=("adin",)),
+        Row("NE", _SYN + "adin_ne.yml", COMPARE_SCHEDULE, against="baseline", diagnostics=("adin",)),
+        Row("CaNE", _SYN + "adin_compare.yml", against="baseline", diagnostics=("adin",)),
+    )),))
 
 
 def main(argv=None):

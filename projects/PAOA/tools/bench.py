@@ -1,7 +1,7 @@
-"""PAOA's step-time benchmark (`make bench` calls `bench_extra`, the share of a step taken by the
+"""PAOA's step-time benchmark (`make bench` calls `BENCH.extra` = `bench_extra`, the share of a step taken by the
 gradient calibration).
 
-    python -m plugins.run paoa.bench [--size paper|synthetic] [--steps 3 (rounds)]
+    python -m tools.run PAOA bench [--size paper|synthetic] [--steps 3 (rounds)]
 
 times, in one run and on random batches, a step of the plain baseline (same backbone, input and
 batch, no auxiliary head), of PAOA without calibration (design a) and of PAOA (design d) in turn,
@@ -15,6 +15,8 @@ import statistics
 import time
 
 import torch
+
+from tools import Ablation, BenchSettings, CompareSettings, Row
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -87,7 +89,7 @@ def bench_extra(config_file="projects/PAOA/configs/Synthetic/paoa.yml", steps=5,
     """Seconds per training step of PAOA and seconds of the calibration itself, with its share of
     a step (`opts`: KEY VALUE config overrides)."""
     from fastreid.utils.events import EventStorage
-    from plugins.bench import round_robin
+    from tools.bench import round_robin
     cfg = _cfg(config_file, opts)
     step = _step(cfg, steps)
     with EventStorage(0):
@@ -110,11 +112,11 @@ SIZES = {   # config + overrides; random initialisation (no download), 16 ids pe
 
 
 def step_ratios(size="synthetic", steps=3, opts=()):
-    """Step seconds of each VARIANT, timed round-robin in one run (plugins.bench.round_robin:
+    """Step seconds of each VARIANT, timed round-robin in one run (tools.bench.round_robin:
     `steps` rounds), their per-round ratios to the baseline (median, min, max) and the
     calibration's share of the median PAOA step."""
     from fastreid.utils.events import EventStorage
-    from plugins.bench import ratios, round_robin
+    from tools.bench import ratios, round_robin
     config_file, size_opts = SIZES[size]
     cfgs = {k: _cfg(config_file, [*size_opts, *v, *opts]) for k, v in VARIANTS.items()}
     runs = {k: _step(c, steps) for k, c in cfgs.items()}
@@ -132,13 +134,41 @@ def step_ratios(size="synthetic", steps=3, opts=()):
             "shared_params": n}
 
 
+BENCH = BenchSettings(step_configs={   # per-step time against configs/Synthetic/baseline.yml
+    "PAOA": "projects/PAOA/configs/Synthetic/paoa.yml",                        # design (d)
+    "PAOA-no-calibration": "projects/PAOA/configs/Synthetic/aux.yml",          # design (a)
+}, extra=bench_extra)
+# `make compare`: PAOA (design d) trained; PAOA+ is the same trained model evaluated with test-time
+# adaptation on the auxiliary loss.
+_SYN = "projects/PAOA/configs/Synthetic/"
+COMPARE = CompareSettings(
+    config=_SYN + "paoa.yml",
+    variants={"PAOA+": (_SYN + "paoa_plus.yml", ())},
+    differs="plain cross-entropy (Eq. 1, no label smoothing) beside the triplet loss: see the PAOA Table 3 rows",
+    ablations=(
+        Ablation("PAOA (Li & Gong, WACV 2024) Table 3: components", rows=(
+            Row("baseline", _SYN + "paoa.yml", tuple(VARIANTS["baseline"])),   # same losses, no auxiliary head
+            Row("Aux", _SYN + "aux.yml", against="baseline", diagnostics=("paoa",)),
+            Row("Aux+GC", _SYN + "paoa.yml", against="Aux", diagnostics=("paoa",)),
+            Row("Aux+GC+DTO", _SYN + "paoa_plus.yml", against="Aux+GC", evaluate_only=True,
+                diagnostics=("paoa_plus",)),
+        )),
+        Ablation("PAOA (Li & Gong, WACV 2024) Table 5: calibration designs", rows=(
+            Row("a (none)", _SYN + "aux.yml", diagnostics=("paoa",)),
+            Row("b (primary calibrated)", _SYN + "calibrate_primary.yml", against="a (none)", diagnostics=("paoa",)),
+            Row("c (mutual)", _SYN + "mutual.yml", against="a (none)", diagnostics=("paoa",)),
+            Row("d (PAOA)", _SYN + "paoa.yml", against="a (none)", diagnostics=("paoa",)),
+        )),
+    ))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=sorted(SIZES), default="synthetic")
     p.add_argument("--steps", type=int, default=3, help="timed rounds")
     p.add_argument("opts", nargs="*", help="KEY VALUE config overrides")
     args = p.parse_args(argv)
-    from plugins.bench import machine
+    from tools.bench import machine
     r = step_ratios(args.size, args.steps, args.opts)
     print(f"machine: {machine()}")
     print(f"{r['size']}: ResNet-{r['backbone']}, input {r['input']}, batch {r['batch']}, {r['device']}")

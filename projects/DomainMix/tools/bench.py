@@ -1,7 +1,7 @@
 """Clustering cost on CPU: k-reciprocal Jaccard distance + DBSCAN + refinement of N random but
 clustered 2048-d features (ids of 5-35 images around random unit centres, Gaussian noise).
 
-    python -m plugins.run domainmix.bench_cluster [--sizes 10000 50000] [--dim 2048]
+    python -m tools.run DomainMix bench [--sizes 10000 50000] [--dim 2048]
 
 Each size runs in a fresh process with OPENBLAS_CORETYPE set from the CPU flags when unset: the
 OpenBLAS bundled with the faiss-cpu wheel falls back to generic kernels on CPUs it does not
@@ -18,6 +18,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tools import Ablation, BenchSettings, CompareSettings, Row
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -72,7 +74,7 @@ def bench_clustering(sizes=(10_000, 50_000), dim=2048):
     env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
     out = {"cluster_threads": torch.get_num_threads(), "cluster_openblas_coretype": core or "auto"}
     for n in sizes:
-        res = subprocess.run([sys.executable, "-m", "plugins.run", "domainmix.bench_cluster", "--sizes",
+        res = subprocess.run([sys.executable, "-m", "tools.run", "DomainMix", "bench", "--sizes",
                               str(n), "--dim", str(dim), "--inline"], env=env, cwd=REPO,
                              capture_output=True, text=True)
         if res.returncode != 0:
@@ -80,6 +82,26 @@ def bench_clustering(sizes=(10_000, 50_000), dim=2048):
         stats = json.loads(res.stdout.strip().splitlines()[-1])
         out.update({f"cluster_{n}_{k}": round(v, 3) if isinstance(v, float) else v for k, v in stats.items()})
     return out
+
+
+# Step time of stage 3 against configs/Synthetic/baseline.yml (same backbone, input and batch) and
+# the clustering time of 10k and 50k clustered 2048-d features.
+BENCH = BenchSettings(step_configs={"DomainMix stage 3 (DB)": "projects/DomainMix/configs/Synthetic/domainmix_bench.yml"},
+                      extra=lambda: bench_clustering((10_000, 50_000)))
+_SYN = "projects/DomainMix/configs/Synthetic/"
+# domainmix_compare.yml's clustering schedule (scaled to the 4-epoch budget), for DirectMix too
+COMPARE_PSEUDO = ("DOMAINMIX.PSEUDO.START_EPOCH", "1", "DOMAINMIX.PSEUDO.PERIOD", "1",
+                  "DOMAINMIX.PSEUDO.UNTIL_EPOCH", "2")
+COMPARE = CompareSettings(
+    config=_SYN + "domainmix_compare.yml",   # stages scaled to the budget
+    note="SynthDomain0 + unlabelled SynthDomain1",
+    differs="trains on one labelled (synthetic-looking) + one unlabelled domain, not three labelled ones: "
+            "see the DomainMix Table 1 rows",
+    ablations=(Ablation("DomainMix (Wang et al., BMVC 2021) Table 1: labelled synthetic + unlabelled real", rows=(
+        Row("synthetic only", _SYN + "only_synthetic.yml"),
+        Row("DirectMix", _SYN + "directmix.yml", COMPARE_PSEUDO, against="synthetic only", diagnostics=("domainmix",)),
+        Row("DomainMix", _SYN + "domainmix_compare.yml", against="DirectMix", diagnostics=("domainmix",)),
+    )),))
 
 
 def main(argv=None):

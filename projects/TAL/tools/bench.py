@@ -1,7 +1,7 @@
 """Pairwise-scoring benchmark and the top-k shortlist's speed/accuracy trade-off.
 
-    python -m plugins.run tal.bench                     # scoring throughput + peak memory
-    python -m plugins.run tal.bench --shortlist --root DATASETS --weights model_final.pth \
+    python -m tools.run TAL bench                     # scoring throughput + peak memory
+    python -m tools.run TAL bench --shortlist --root DATASETS --weights model_final.pth \
         [--config projects/TAL/configs/Synthetic/tal.yml] [--topk 0 5 10 20 50]
 
 Throughput: random unit-norm maps with the layout of a full TAL model (K = 3 experts + DI, res4 +
@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from plugins.evaluation.bench import _phase
+from tools import Ablation, BenchSettings, CompareSettings, Row
+from tools.bench_evaluator import _phase
 
 SYNTH_CONFIG = "projects/TAL/configs/Synthetic/tal.yml"
 
@@ -63,7 +64,7 @@ def _peak(fn, device):
 def scoring_bench(device=None, sizes=None, memory_mb=256):
     """Pairs/s, peak MB and peak MB above the memory in use before, for each map size and
     Q x G (one dist_fn call over all queries: the engine's chunk = all of them)."""
-    from .evaluation import qaconv_dist_fn
+    from tal.evaluation import qaconv_dist_fn
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
     sizes = sizes or {
@@ -99,7 +100,7 @@ def shortlist_tradeoff(config, weights, root, topks, device="cpu", targets=None)
     from plugins.checkpoint import load_model_weights
     from plugins.config import get_dg_cfg
     from plugins.engine.tta import run_inference
-    from .trainer import TALTrainer
+    from tal.trainer import TALTrainer
     cfg = get_dg_cfg(config, ["MODEL.DEVICE", device, "DATASETS.ROOT", root, "MODEL.BACKBONE.PRETRAIN", "False"])
     model = build_model(cfg)
     load_model_weights(cfg, model, weights, trainer_cls=TALTrainer)
@@ -122,6 +123,29 @@ def shortlist_tradeoff(config, weights, root, topks, device="cpu", targets=None)
     finally:
         TALTrainer._scoring_model = None
     return rows
+
+
+# per-step time against configs/Synthetic/baseline.yml (same backbone, input, batch); pairwise
+# scoring throughput (pairs/s) and peak memory at a few sizes.
+BENCH = BenchSettings(step_configs={"TAL": SYNTH_CONFIG}, extra=scoring_bench)
+_SYN = "projects/TAL/configs/Synthetic/"
+COMPARE = CompareSettings(
+    config=SYNTH_CONFIG,
+    differs="QAConv-GS training (graph sampler, pairwise BCE on QAConv scores, SGD), not the baseline's "
+            "CE + triplet: see the TAL Table 3 rows",
+    ablations=(
+        Ablation("TAL (Yan et al., arXiv 2021) Table 3: streams", rows=(
+            Row("neither (QAConv-GS)", _SYN + "tal_baseline.yml"),
+            Row("DS", _SYN + "tal_ds.yml", against="neither (QAConv-GS)", diagnostics=("tal",)),
+            Row("DI", _SYN + "tal_di.yml", against="neither (QAConv-GS)", diagnostics=("tal",)),
+            Row("DS+DI", SYNTH_CONFIG, against="neither (QAConv-GS)", diagnostics=("tal",)),
+        )),
+        Ablation("TAL (Yan et al., arXiv 2021) Table 4: the DI network's normalisation", rows=(
+            Row("average", _SYN + "tal_di.yml", ("MODEL.TAL.DI_NORM", "average")),
+            Row("BN", _SYN + "tal_di.yml", ("MODEL.TAL.DI_NORM", "bn"), against="average"),
+            Row("DABN", _SYN + "tal_di.yml", against="average", diagnostics=("tal",)),
+        )),
+    ))
 
 
 def main(argv=None):
