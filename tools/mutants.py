@@ -4,7 +4,8 @@ Each mutant is one edit: a paper value in a shipped config, one sign in a loss, 
 transform. For each, a scratch copy of the repository (the tracked files of the working tree) gets
 that single edit, the tests named for it run there, and the mutant is *killed* when they fail,
 *survives* when they pass. The report lists the survivors; the exit status is 1 if any survived
-(or an edit no longer applies, i.e. the list needs updating), else 0.
+(or an edit no longer applies, i.e. the list needs updating), 2 if a test selection fails
+without any edit (checked first), else 0.
 
     python tools/mutants.py                  # every mutant (slow: one pytest run each)
     python tools/mutants.py --only PTL tal-  # mutants whose id or project contains a word
@@ -141,6 +142,15 @@ def applies(m, root=REPO):
     return None if count == 1 else f"the text to edit occurs {count} times in {m.path}"
 
 
+def run_tests(tests, root, timeout):
+    """pytest's exit status for `tests` run in `root` ("timeout" if it ran out of time)."""
+    try:
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                              cwd=root, capture_output=True, text=True, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return "timeout"
+
+
 def run_mutant(m, root, timeout):
     """'killed' | 'survived' | 'does not apply: ...' for one mutant in the scratch copy `root`."""
     why = applies(m, root)
@@ -153,11 +163,7 @@ def run_mutant(m, root, timeout):
         f.write(text.replace(m.old, m.new))
     start = time.time()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
-                              cwd=root, capture_output=True, text=True, timeout=timeout)
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
+        rc = run_tests(m.tests, root, timeout)
     finally:
         with open(path, "w") as f:
             f.write(text)
@@ -174,6 +180,9 @@ def main(argv=None):
     ap.add_argument("--only", nargs="*", default=[], help="run mutants whose id or project contains one of these")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mutant's test run")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip running each test selection once without any edit (a failure there would "
+                         "make every mutant look killed)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or any(w in m.id or w in m.project for w in args.only)]
     if args.list:
@@ -185,6 +194,13 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory(prefix="dgreid-mutants-") as root:
         scratch_copy(root)
+        if not args.no_baseline:
+            for tests in dict.fromkeys(tuple(m.tests) for m in chosen):
+                rc = run_tests(list(tests), root, args.timeout)
+                print(f"{'baseline' if rc == 0 else 'FAILING':10s} {' '.join(tests)} (no edit)", flush=True)
+                if rc != 0:
+                    print(f"these tests fail without any edit (pytest status {rc}): fix them first")
+                    return 2
         for m in chosen:
             outcome, took = run_mutant(m, root, args.timeout)
             results.append((m, outcome))
