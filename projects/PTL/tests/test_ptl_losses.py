@@ -81,7 +81,7 @@ def test_attribute_loss_reduces_to_cross_entropy_for_one_hot():
     assert attribute_loss(logits, soft).item() != pytest.approx(ce.item(), rel=1e-3)
 
 
-def test_heads_shapes_and_gradients():
+def test_heads_shapes():
     feat = torch.randn(2, 16, 8, 4, requires_grad=True)
     hp = ParsingHead(16, 8, num_classes=8)
     out = hp(feat)
