@@ -48,7 +48,7 @@ TAL_BASE = "projects/TAL/configs/Base-TAL.yml"
 ADIN_CANE = "projects/ADIN/configs/Duke2Market/resnet50_cane.yml"
 TRANSFORMS = "plugins/data/transforms.py"
 ENTROPY = "plugins/losses/entropy.py"
-DENSE = ["tests/test_dense_labels.py", "-k", "follow_every_shipped"]
+DENSE = ["tests/test_dense_labels.py", "-k", "follow_every_shipped or move_labels_with"]
 
 MUTANTS = [
     # --- the config edits (#20): each must fail the paper manifest test ---
