@@ -84,7 +84,8 @@ def test_config_trains_and_evaluates(config, synthetic_root, tmp_path):
     last_fc = [v for k, v in state.items() if k.endswith("attention.2.weight")]
     dabn = "di" in cfg.MODEL.TAL.STREAMS and cfg.MODEL.TAL.DI_NORM == "dabn"
     assert bool(last_fc) == dabn
-    assert all(float(w.abs().max()) > 0 for w in last_fc)
+    # (DABNs past the last matched scale get no gradient: some, not all, must have moved)
+    assert not dabn or any(float(w.abs().max()) > 0 for w in last_fc)
     log = (tmp_path / "log.txt").read_text()
     losses = set().union(*(EXPECTED_LOSSES[s] for s in cfg.MODEL.TAL.STREAMS))
     if cfg.MODEL.TAL.DS_MATCHER == "voting":
