@@ -28,7 +28,7 @@ Manifest format (YAML)::
     readme_same_names_under: [ibn]              # README: "the same names under .../ibn/"
 
 A `paper` entry with a `config` value is a known difference: the config must hold `config` (so a
-fix or a regression both show up here), and the manifest says why. `known_differences()` lists them.
+fix or a regression both show up here), and the manifest says why.
 """
 import fnmatch
 import glob
@@ -77,17 +77,6 @@ def expected_values(manifest, row):
         for key, entry in section.items():
             out[key] = (entry["choice"], f"left open by the paper; project's choice {entry['choice']!r}")
     return out
-
-
-def known_differences(project):
-    """[(config or "all rows", key, paper value, config value, note)] of a manifest."""
-    manifest = load_manifest(project)
-    diffs = [("all rows", k, e["paper"], e["config"], e.get("note", ""))
-             for k, e in (manifest.get("common") or {}).items() if "config" in e]
-    for row in manifest["rows"]:
-        diffs += [(row["config"], k, e["paper"], e["config"], e.get("note", ""))
-                  for k, e in (row.get("values") or {}).items() if "config" in e]
-    return diffs
 
 
 def cfg_value(cfg, key):
