@@ -13,7 +13,7 @@ DATA ?= datasets
 
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test bench compare compare-quick compare-curve footage gpu-check gpu-wheels clean-venv
+.PHONY: setup demo test bench compare compare-quick compare-curve footage gpu-check gpu-wheels clean-venv mutants
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -x --durations=15
+
+# Mutation check of the tests that pin the papers (tools/mutants.py; slow, not part of `make test`).
+# MUTANTS="PTL sign-" runs the mutants whose id or project contains one of the words.
+MUTANTS ?=
+mutants: setup
+	$(PY) tools/mutants.py $(if $(MUTANTS),--only $(MUTANTS),)
 
 bench: setup
 	$(PY) -m tools.bench

@@ -1,4 +1,5 @@
-"""Dense labels (PAOA saliency, PTL parsing) under the train augmentation (issue #15 item 8, #20 item 3).
+"""Dense labels (PAOA saliency, PTL parsing) under the train augmentation (issue #15 item 8, #20 item 3),
+through every shipped config's pipeline and through the paired transform the projects' loaders build.
 
 The label of each test image is drawn from the image itself: class = red channel // 64, on an image
 of 8 x 8 blocks whose red values sit at the class centres (32, 96, 160, 224). After the paired
@@ -233,3 +234,34 @@ def test_affine_compat_shim_is_a_noop_where_resample_is_accepted(monkeypatch):
     monkeypatch.setattr(build, "T", old)
     compat.fix_random_affine_kwargs()
     assert build.T is old
+
+
+@pytest.mark.parametrize("config,build,name", [
+    ("projects/PAOA/configs/Synthetic/paoa.yml", lambda cfg: __import__("paoa.trainer").trainer.PAOATrainer
+     .build_train_loader(cfg), "saliency"),
+    ("projects/PTL/configs/Synthetic/hp_t.yml", lambda cfg: __import__("ptl.data").data.build_target_loader(cfg),
+     "parsing"),
+], ids=["PAOA-saliency", "PTL-parsing"])
+def test_project_loaders_move_labels_with_the_images(config, build, name, synthetic_root):
+    """The paired transform the projects' own loaders build (what training uses) moves a label drawn
+    from the image exactly as the image: flips, pads and crops on, as shipped."""
+    cfg = get_dg_cfg(osp.join(REPO, config), IMAGE_ONLY_OFF + ["DATASETS.ROOT", synthetic_root,
+                                                               "DATALOADER.NUM_WORKERS", "0"])
+    ds = build(cfg).dataset
+    while not isinstance(ds, DGCommDataset):
+        ds = ds.dataset
+    assert getattr(ds.label_sources[name], "dense", False) and ds.paired is not None
+    kinds = {type(op).__name__ for op in ds.paired.ops}
+    assert {"RandomHorizontalFlip", "RandomCrop"} <= kinds, kinds   # the check is not vacuous
+    h, w = cfg.INPUT.SIZE_TRAIN
+    torch.manual_seed(0)
+    bad = checked = 0
+    for seed in range(16):
+        img = block_image(h // 2, w // 2, seed)
+        image, labels = ds.paired(img, {name: np.asarray(img)[..., 0] // 64})
+        label = labels[name].numpy()
+        from_image = np.clip(image[0].numpy() // 64, 0, 3).astype(np.int64)
+        sure = maximum_filter(label, size=5, mode="nearest") == minimum_filter(label, size=5, mode="nearest")
+        bad += int((label != from_image)[sure].sum())
+        checked += int(sure.sum())
+    assert bad == 0 and checked > 16 * h * w // 2

@@ -96,8 +96,12 @@ def test_center_loss_value_and_gradients():
     module = CenterLoss(2, 2, scale=0.5)
     with torch.no_grad():
         module.centers.copy_(centers)
-    assert float(module(feats, labels)) == pytest.approx(0.25 * 21 / 3)
-    assert F.mse_loss(module.centers, centers).item() == 0.0
+    module_loss = module(feats, labels)
+    assert float(module_loss) == pytest.approx(0.25 * 21 / 3)
+    # the module's centres are learnt: they get the scaled gradient of the hand computation above
+    module_loss.backward()
+    assert isinstance(module.centers, torch.nn.Parameter)
+    assert torch.allclose(module.centers.grad, -0.5 * torch.tensor([[2.0, 2.0], [-2.0, -3.0]]) / 3)
 
 
 def test_one_over_k_scale_is_the_references_focal_entropy_value():

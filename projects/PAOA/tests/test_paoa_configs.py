@@ -138,12 +138,35 @@ def test_design_configs_train(config_file, synthetic_root, tmp_path):
     assert cache.exists() == (stem(f) in ("aux", "calibrate_primary", "mutual"))   # estimated labels
 
 
-def test_paper_leave_one_out_paoa_plus_and_its_variants(synthetic_root, tmp_path):
+def test_paper_leave_one_out_paoa_plus_and_its_variants(synthetic_root, tmp_path, monkeypatch):
+    """Table 4's k and PAOA+ configs evaluate through the adapter: per test batch exactly k auxiliary
+    losses are back-propagated and the shared extractor's weights move (a no-op adapter fails)."""
+    from plugins.tta_aux import AuxLossAdapter
+    calls = []
+    adapt = AuxLossAdapter.adapt
+
+    def spy(self, model, batch):
+        before = [p.detach().clone() for n, p in model.named_parameters() if n.startswith("backbone")]
+        losses = []
+        aux = model.auxiliary_loss
+        model.auxiliary_loss = lambda b: losses.append(1) or aux(b)
+        try:
+            adapt(self, model, batch)
+        finally:
+            del model.auxiliary_loss
+        after = [p.detach() for n, p in model.named_parameters() if n.startswith("backbone")]
+        calls.append((len(losses), max(float((a - b).abs().max()) for a, b in zip(after, before))))
+    monkeypatch.setattr(AuxLossAdapter, "adapt", spy)
+
     loo = "projects/PAOA/configs/LeaveOneOut/M/"
     run_train_net(loo + "paoa_plus.yml", tmp_path / "plus", synthetic_root, *PAPER_TO_SYNTH)
     weights = str(tmp_path / "plus" / "model_final.pth")
-    for f in [loo + "paoa_plus_k2.yml", loo + "paoa_plus_k3.yml", loo + "paoa_plus_k4.yml", loo + "aux_dto.yml",
-              "projects/PAOA/configs/Traditional/paoa_plus.yml"]:
+    assert calls and all(n == 1 and moved > 0 for n, moved in calls)    # k = 1 in the training run's test
+    for f, k in [(loo + "paoa_plus_k2.yml", 2), (loo + "paoa_plus_k3.yml", 3), (loo + "paoa_plus_k4.yml", 4),
+                 (loo + "aux_dto.yml", 1), ("projects/PAOA/configs/Traditional/paoa_plus.yml", 1)]:
+        calls.clear()
         results = run_train_net(f, tmp_path / stem(f), synthetic_root, *PAPER_TO_SYNTH, "MODEL.WEIGHTS", weights,
                                 flags=["--eval-only"])
-        assert "mAP" in results
+        assert "mAP" in results and calls, f
+        # Adam's first step moves every parameter with a gradient by ~lr (1e-6): far above float noise
+        assert all(n == k and 1e-7 < moved < 1e-4 * k for n, moved in calls), (f, calls)

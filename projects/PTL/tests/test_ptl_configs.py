@@ -4,6 +4,7 @@ e.g. Duke2Market/ptl.yml and Market2Duke/ptl.yml, are built but not trained agai
 to end (train -> eval -> --eval-only) on the benchmark's ground truth and, for a paper config, on
 exported label files."""
 import glob
+import json
 import math
 import os
 
@@ -56,13 +57,15 @@ def labels(synthetic_root, tmp_path_factory):
     return out
 
 
-def expected_terms(cfg):
-    if cfg.PTL.SSG.ENABLED:
-        return {f"loss_ssg_{p}" for p in cfg.PTL.SSG.PARTS}
-    out = {"loss_cls", "loss_triplet"}
-    for task, key in (("hp", "HP"), ("attr", "ATTR")):
-        out |= {f"loss_{task}_{d[0]}" for d in cfg.PTL[key].DOMAINS}
-    return out
+def expected_terms(config):
+    """Loss terms of a config, read from its file name (the paper's row: BL+HP^s+HP^t = hp_s_hp_t,
+    PTL = hp_t + attr_t, SSG-dagger: one triplet per body part), not from the config under test."""
+    stem = os.path.splitext(os.path.basename(config))[0]
+    if stem.endswith("_ssg"):
+        return {"loss_ssg_whole", "loss_ssg_upper", "loss_ssg_lower"}
+    tasks = ["hp_t", "attr_t"] if stem == "ptl" else [t for t in ("hp_s", "hp_t", "attr_s", "attr_t") if t in stem]
+    assert tasks or stem == "baseline", f"{config}: no paper row in its name"
+    return {"loss_cls", "loss_triplet"} | {f"loss_{t}" for t in tasks}
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -71,10 +74,10 @@ def test_config_builds_and_trains(config, synthetic_root, labels, tmp_path):
     trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
     model = trainer.model
     assert type(model).__name__ == "PTLBaseline" and type(trainer).__name__ == "PTLTrainer"
-    assert (model.parsing_head is not None) == bool(cfg.PTL.HP.DOMAINS)
-    assert (model.attribute_heads is not None) == bool(cfg.PTL.ATTR.DOMAINS)
-    assert set(trainer._trainer.extra_loaders) == ({"target"} if "target" in cfg.PTL.HP.DOMAINS + cfg.PTL.ATTR.DOMAINS
-                                                   else set())
+    terms = expected_terms(config)
+    assert (model.parsing_head is not None) == any(t.startswith("loss_hp_") for t in terms)
+    assert (model.attribute_heads is not None) == any(t.startswith("loss_attr_") for t in terms)
+    assert set(trainer._trainer.extra_loaders) == ({"target"} if any(t.endswith("_t") for t in terms) else set())
     if config not in TRAINED:
         return
     if cfg.PTL.SSG.ENABLED:   # pseudo labels as the clustering hook would hand them over (clustering: e2e below)
@@ -85,7 +88,7 @@ def test_config_builds_and_trains(config, synthetic_root, labels, tmp_path):
         trainer.iter = trainer._trainer.iter = 0
         trainer._trainer.run_step()
         terms = {k for k in trainer.storage.histories() if k.startswith("loss_")}
-        assert terms == expected_terms(cfg)
+        assert terms == expected_terms(config)
         assert all(math.isfinite(trainer.storage.history(k).latest()) for k in terms)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.backbone.parameters()))
 
@@ -124,7 +127,14 @@ def test_ptl_then_ssg_end_to_end(synthetic_root, tmp_path):
 
 def test_paper_config_end_to_end_on_label_files(synthetic_root, labels, tmp_path):
     config = "projects/PTL/configs/Market2Duke/ptl.yml"
-    results = run_train_net(config, tmp_path, synthetic_root, *small(config, labels), *ONE_SOURCE)
-    assert 0.0 <= results["mAP"] <= 100.0
-    metrics = (tmp_path / "metrics.json").read_text()
-    assert "loss_hp_t" in metrics and "loss_attr_t" in metrics
+    results = run_train_net(config, tmp_path, synthetic_root, *small(config, labels), *ONE_SOURCE,
+                            "SOLVER.MAX_EPOCH", "3", "SOLVER.STEPS", "[2]", "TEST.EVAL_PERIOD", "3")
+    assert "mAP" in results
+    logged = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    hp = [m["loss_hp_t"] for m in logged if "loss_hp_t" in m]
+    assert len(hp) == 3 and all("loss_attr_t" in m for m in logged if "loss_hp_t" in m)
+    # Eq. 4 at initialisation: the parsing head starts uniform over K = 8 classes, so the first logged
+    # term is lambda_hp * ln 8 (Eq. 6); then it falls every epoch (measured 2026-11-30, seeds 0 and 1:
+    # 0.20784 -> 0.20709 -> 0.20604)
+    assert hp[0] == pytest.approx(0.1 * math.log(8), abs=1e-3)
+    assert hp[0] > hp[1] > hp[2]

@@ -79,7 +79,7 @@ def test_attribute_loss_reduces_to_cross_entropy_for_one_hot():
     assert attribute_loss(logits, soft).item() != pytest.approx(ce.item(), rel=1e-3)
 
 
-def test_heads_shapes_and_gradients():
+def test_heads_shapes():
     feat = torch.randn(2, 16, 8, 4, requires_grad=True)
     hp = ParsingHead(16, 8, num_classes=8)
     out = hp(feat)
@@ -92,3 +92,24 @@ def test_heads_shapes_and_gradients():
     perm = feat.flatten(2)[:, :, torch.randperm(32)].view_as(feat)
     for a, b in zip(attrs(feat), attrs(perm)):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_heads_gradients_reach_exactly_their_inputs():
+    """Gradients, in eval mode (BN then acts per channel): the parsing head's top-left output cell of
+    image 0 depends on input cell (0, 0) of image 0 only (Deconv 3x3, stride 2, padding 1: output o
+    reads input i where 0 <= o - 2i + 1 <= 2); an attribute head's output reaches every location of
+    its image equally (GAP), and no other head's parameters."""
+    feat = torch.randn(2, 16, 8, 4, requires_grad=True)
+    hp = ParsingHead(16, 8, num_classes=8).eval()
+    hp(feat)[0, :, 0, 0].sum().backward()
+    nonzero = (feat.grad.abs().sum(1) > 0).nonzero().tolist()
+    assert nonzero == [[0, 0, 0]]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hp.parameters())
+
+    feat.grad = None
+    attrs = AttributeHeads(16, (2, 11, 3), embed_dim=6).eval()
+    attrs(feat)[1].sum().backward()
+    g = feat.grad
+    assert g[1].abs().sum() > 0 and torch.allclose(g, g[:, :, :1, :1].expand_as(g))   # equal over locations
+    assert all(p.grad is not None for p in attrs.heads[1].parameters())
+    assert all(p.grad is None for i in (0, 2) for p in attrs.heads[i].parameters())

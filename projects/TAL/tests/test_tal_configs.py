@@ -100,9 +100,10 @@ def test_table3_streams_evaluated_from_one_trained_model(synthetic_root, tmp_pat
 def test_config_builds_a_trainer(config, synthetic_root, tmp_path):
     from tal import TALTrainer
     cfg = _cfg(config, synthetic_root, "OUTPUT_DIR", str(tmp_path))
-    twin = _cfg(SAME_RUN.get(config, config), synthetic_root, "OUTPUT_DIR", str(tmp_path))
-    for key in ("MODEL", "SOLVER", "INPUT", "TAL", "DATALOADER", "DATASETS"):   # trained like its twin
-        assert cfg[key] == twin[key], key
+    if config in SAME_RUN:   # trained like its twin (Base-TAL's values: tests/test_paper_manifests.py)
+        twin = _cfg(SAME_RUN[config], synthetic_root, "OUTPUT_DIR", str(tmp_path))
+        for key in ("MODEL", "SOLVER", "INPUT", "TAL", "DATALOADER", "DATASETS"):
+            assert cfg[key] == twin[key], key
     if config.endswith("Base-TAL.yml"):   # QAConv-GS's optimiser (main.py): nesterov, backbone 0.1x, clip 8
         s = cfg.SOLVER
         assert (s.NESTEROV, s.LR_MULTIPLIERS, s.CLIP_GRADIENTS.ENABLED, s.CLIP_GRADIENTS.CLIP_TYPE,
@@ -123,9 +124,18 @@ def test_config_trains_and_evaluates(config, synthetic_root, tmp_path):
     # identity, is tested in test_tal_guards.py)
     opts = tiny_overrides(config) + ["SOLVER.ITERS_PER_EPOCH", "3"]
     results = run_train_net(config, tmp_path, synthetic_root, *opts)
-    results = results.get("average", results)   # several targets: their mean
-    assert 0 <= results["Rank-1"] <= 100 and 0 < results["mAP"] <= 100
+    assert "mAP" in results.get("average", results)   # several targets: their mean
     cfg = _cfg(config, synthetic_root)
+    # the mechanism moved: DABN's attention (Eq. 6) starts input-independent (last FC at zero, alpha
+    # uniform); after training its last FC is non-zero, so alpha depends on the input. Other DI norms
+    # have no attention.
+    import torch
+    state = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    last_fc = [v for k, v in state.items() if k.endswith("attention.2.weight")]
+    dabn = "di" in cfg.MODEL.TAL.STREAMS and cfg.MODEL.TAL.DI_NORM == "dabn"
+    assert bool(last_fc) == dabn
+    # (DABNs past the last matched scale get no gradient: some, not all, must have moved)
+    assert not dabn or any(float(w.abs().max()) > 0 for w in last_fc)
     log = (tmp_path / "log.txt").read_text()
     losses = set().union(*(EXPECTED_LOSSES[s] for s in cfg.MODEL.TAL.STREAMS))
     if cfg.MODEL.TAL.DS_MATCHER == "voting":
