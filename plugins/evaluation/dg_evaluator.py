@@ -48,9 +48,8 @@ class DGReidEvaluator(DatasetEvaluator):
         if comm.get_world_size() == 1:
             return self._predictions
         comm.synchronize()
-        local = {k: (torch.cat([p[k] for p in self._predictions]) if self._predictions else
-                     torch.empty(0, dtype=torch.int64)) for k in ("feats", "pids", "camids")}
-        gathered = {k: gather_rows(v, dst=0) for k, v in local.items()}
+        gathered = {k: gather_rows([p[k] for p in self._predictions] or [torch.empty(0, dtype=torch.int64)], dst=0)
+                    for k in ("feats", "pids", "camids")}
         return [gathered] if comm.is_main_process() else None
 
     def evaluate(self):

@@ -8,8 +8,8 @@ third copy, so its peak is 2-3x the features.
 `gather_rows(tensor, dst)` sends each rank's rows with point-to-point messages of at most
 `chunk_bytes` straight into their slice of one tensor preallocated on `dst` (rank order = dataset
 order: fastreid's InferenceSampler gives each rank a contiguous shard). The destination's extra
-memory is the gathered tensor itself plus one chunk; the other ranks send views of their tensor,
-so they allocate nothing. Messages travel over a gloo group of all ranks (fastreid's
+memory is the gathered tensor itself plus one chunk; the other ranks send views of their pieces
+(copying at most one chunk where a chunk spans two pieces). Messages travel over a gloo group of all ranks (fastreid's
 `_get_global_gloo_group`: the default group under gloo, a gloo group beside NCCL), so CPU tensors
 never visit the GPU. Any dtype and trailing shape (global features, TAL's feature maps in fp16).
 
@@ -36,22 +36,31 @@ def _group():
 def gather_rows(tensor, dst=0, chunk_bytes=CHUNK_BYTES):
     """Concatenate every rank's `tensor` (N_r x ..., CPU, same dtype and trailing shape on all ranks
     that have rows; N_r may be 0 and differ between ranks) along dim 0 in rank order on rank `dst`.
+    `tensor` may also be a list of such pieces (the evaluator's per-batch outputs), which are
+    sent / copied piece by piece, never concatenated locally.
 
-    Returns the (sum N_r) x ... tensor on `dst`, None elsewhere; the tensor itself with one
-    process. Every rank must call it (collective). Raises ValueError naming the ranks when the
-    trailing shapes or dtypes differ."""
+    Returns the (sum N_r) x ... tensor on `dst`, None elsewhere; with one process the tensor
+    itself (or the concatenated pieces). Every rank must call it (collective). Raises ValueError
+    naming the ranks when the trailing shapes or dtypes differ."""
+    pieces = [t.detach().to("cpu").contiguous() for t in (tensor if isinstance(tensor, (list, tuple)) else [tensor])]
+    pieces = [t for t in pieces if t.shape[0]] or pieces[:1]
     if comm.get_world_size() == 1:
-        return tensor
-    group, rank, world = _group(), comm.get_rank(), comm.get_world_size()
-    tensor = tensor.detach().to("cpu").contiguous()
-    meta = comm.all_gather((tensor.shape[0], tuple(tensor.shape[1:]), str(tensor.dtype)), group=group)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    group, rank = _group(), comm.get_rank()
+    local = (sum(t.shape[0] for t in pieces), tuple(pieces[0].shape[1:]), str(pieces[0].dtype))
+    if len({(tuple(t.shape[1:]), t.dtype) for t in pieces}) > 1:
+        raise ValueError(f"gather_rows: rank {rank}'s pieces differ in shape / dtype")
+    meta = comm.all_gather(local, group=group)
     shaped = {(m[1], m[2]) for m in meta if m[0] > 0}
     if len(shaped) > 1:
         raise ValueError("gather_rows: ranks hold rows of different shapes / dtypes: "
                          + ", ".join(f"rank {r}: {m[0]} x {m[1]} {m[2]}" for r, m in enumerate(meta)))
     counts = [m[0] for m in meta]
-    row_shape, dtype = (tensor.shape[1:], tensor.dtype) if not shaped else \
-        (torch.Size(next(iter(shaped))[0]), getattr(torch, next(iter(shaped))[1].split(".")[-1]))
+    if shaped:
+        shape, dtype_name = next(iter(shaped))
+        row_shape, dtype = torch.Size(shape), getattr(torch, dtype_name.split(".")[-1])
+    else:
+        row_shape, dtype = pieces[0].shape[1:], pieces[0].dtype
     row_bytes = max(1, row_shape.numel() * torch.empty((), dtype=dtype).element_size())
     step = max(1, chunk_bytes // row_bytes)
     if rank == dst:
@@ -59,15 +68,31 @@ def gather_rows(tensor, dst=0, chunk_bytes=CHUNK_BYTES):
         offset = 0
         for src, n in enumerate(counts):
             if src == rank:
-                out[offset:offset + n] = tensor
+                at = offset
+                for t in pieces:
+                    if t.shape[0]:
+                        out[at:at + t.shape[0]] = t
+                        at += t.shape[0]
             else:
                 for a in range(0, n, step):
                     dist.recv(out[offset + a:offset + min(n, a + step)], src=src, group=group)
             offset += n
         return out
-    for a in range(0, counts[rank], step):
-        dist.send(tensor[a:a + step], dst=dst, group=group)
+    flat = [t for t in pieces if t.shape[0]]
+    send_from(flat, counts[rank], step, dst, group)
     return None
+
+
+def send_from(pieces, n, step, dst, group):
+    """Send the rows of `pieces` (concatenated view, n rows) in chunks of `step` rows."""
+    bounds, start = [], 0
+    for t in pieces:
+        bounds.append((start, start + t.shape[0], t))
+        start += t.shape[0]
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        parts = [t[max(a, s) - s:min(b, e) - s] for s, e, t in bounds if s < b and e > a]
+        dist.send(parts[0] if len(parts) == 1 else torch.cat(parts), dst=dst, group=group)
 
 
 # ---------------------------------------------------------------- measurement (not a test)
@@ -96,7 +121,7 @@ def _measure_worker(rank, world, port, method, rows, dim, out_dir):
         gathered = comm.gather(preds, dst=0)
         out = torch.cat([p["feats"] for r in gathered for p in r]) if rank == 0 else None
     else:
-        out = gather_rows(torch.cat([p["feats"] for p in preds]), dst=0)
+        out = gather_rows([p["feats"] for p in preds], dst=0)
     if rank == 0:
         torch.save((out.shape[0], before, _peak_bytes()), os.path.join(out_dir, f"{method}.pt"))
     comm.synchronize()

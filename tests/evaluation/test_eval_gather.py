@@ -11,6 +11,8 @@ def _rows_worker(rank, world_size):
     counts = [3, 0, 5]   # uneven, one rank empty
     start = sum(counts[:rank])
     maps = torch.arange(start * 6, (start + counts[rank]) * 6, dtype=torch.float16).reshape(-1, 2, 3)
+    if rank == 2:   # pieces of 3 + 2 rows: the second 2-row message spans both
+        maps = [maps[:3], maps[3:]]
     out = gather_rows(maps, dst=0, chunk_bytes=2 * 6 * 2)   # 2 rows per message: several messages
     try:
         gather_rows(torch.zeros(1, 4 if rank == 2 else 3), dst=0)
