@@ -15,17 +15,28 @@ The model contract is one method:
 trainer attached, e.g. weak saliency maps); the adapter hands each call its own copy of the images,
 so the method may normalise them in place as fastreid's models do.
 
+Several processes (DDP; fastreid's test loader gives each rank TEST.IMS_PER_BATCH / N images of a
+batch): each step's gradient is all-reduced, weighted by each rank's image count, so every rank
+takes the step of one process on the joint batch of TEST.IMS_PER_BATCH images (the model's
+auxiliary loss is a mean over images) and the ranks' adapted copies stay identical; a rank whose
+shard has run out of batches joins the step with no images (plugins.engine.tta runs every rank for
+the same number of batches). Exact with BN "eval"; with BN "train" each rank normalises with its
+own share's statistics (as DDP training without SyncBN).
+
 BatchNorm during the adaptation forward (TEST.ADAPT.BN): "eval" normalises with the stored running
 statistics and leaves them unchanged, so features change only through the optimiser step; "train"
 normalises with the test batch's statistics and updates the running ones (test-time-training style).
 """
 import torch
+import torch.distributed as dist
 from fastreid.config import CfgNode as CN
+
+from fastreid.utils import comm
 
 from plugins.engine import TestTimeAdapter
 from plugins.registry import TEST_ADAPTERS, register_as
 
-__all__ = ["AuxLossAdapter", "add_tta_aux_config"]
+__all__ = ["AuxLossAdapter", "add_tta_aux_config", "joint_batch_grads"]
 
 _DEFAULTS = (
     ("STEPS", 1, "optimiser steps per test batch (0 = plain evaluation)"),
@@ -72,6 +83,8 @@ class AuxLossAdapter(TestTimeAdapter):
         return self._opt
 
     def adapt(self, model, batch):
+        """`batch` None (or with no images): this rank has no images left but joins the steps of
+        the others (several processes only)."""
         if self.steps == 0:
             return
         if not hasattr(model, "auxiliary_loss"):
@@ -80,10 +93,36 @@ class AuxLossAdapter(TestTimeAdapter):
         params = self.params(model)
         opt = self.optimizer(model, params)
         model.train(self.bn == "train")
+        n = 0 if batch is None else int(batch["images"].shape[0])
         for _ in range(self.steps):
-            loss = model.auxiliary_loss(dict(batch, images=batch["images"].clone()))
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            if n:
+                loss = model.auxiliary_loss(dict(batch, images=batch["images"].clone()))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            else:
+                grads = [None] * len(params)
+            grads = joint_batch_grads(params, grads, n)
+            if grads is None:   # no images on any rank
+                return
             for p, g in zip(params, grads):
                 p.grad = None if g is None else g.detach()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
+
+def joint_batch_grads(params, grads, n):
+    """The gradient of the mean loss over the images of all ranks: sum_r n_r g_r / sum_r n_r,
+    where g_r is rank r's gradient of its mean loss over its n_r images (None entries: zero).
+    One process: `grads` unchanged (None when n is 0). Returns None when no rank has images."""
+    if comm.get_world_size() == 1:
+        return grads if n else None
+    flat = torch.cat([(torch.zeros_like(p) if g is None else g.detach() * n).flatten()
+                      for p, g in zip(params, grads)] + [params[0].new_tensor([float(n)])])
+    dist.all_reduce(flat)
+    total = flat[-1].item()
+    if total == 0:
+        return None
+    out, offset = [], 0
+    for p in params:
+        out.append((flat[offset:offset + p.numel()] / total).view_as(p))
+        offset += p.numel()
+    return out

@@ -15,9 +15,14 @@ copy. TEST.ADAPT.RESET chooses what carries from one batch to the next:
 Batch order, which the cumulative protocol depends on: fastreid's test loader (InferenceSampler, no
 shuffling) yields the query images, then the gallery images, each in the order the dataset lists
 them, in batches of TEST.IMS_PER_BATCH. With several processes each one adapts its own copy on its
-own contiguous shard, so "never" then depends on the number of processes (a warning says so).
+own contiguous shard; every rank runs `adapt` for the same number of batches (the largest shard's;
+a rank whose shard is exhausted calls `adapt(model, None)`), so adapters that synchronise their
+steps (plugins.tta_aux all-reduces gradients) keep the ranks' copies identical. Which images share
+a step still depends on the number of processes (each rank's batch is TEST.IMS_PER_BATCH / N of its
+own shard), so "never" with N processes is not the 1-process run image for image.
 """
 import copy
+import itertools
 import logging
 
 import torch
@@ -40,7 +45,8 @@ class TestTimeAdapter:
         self.reset = RESETS[cfg.TEST.ADAPT.RESET]
 
     def adapt(self, model, batch):
-        """Update `model` (a copy, in train mode) on one unlabelled test batch."""
+        """Update `model` (a copy, in train mode) on one unlabelled test batch; `batch` None: this
+        rank's shard is exhausted while others still adapt (several processes only)."""
         raise NotImplementedError
 
     def evaluate(self, model, data_loader, evaluator):
@@ -51,13 +57,18 @@ class TestTimeAdapter:
             logger.warning(f"TEST.ADAPT.RESET never with {comm.get_world_size()} processes: each adapts "
                            "on its own shard of the test set, so the features depend on the process count")
         evaluator.reset()
-        for batch in data_loader:
+        idle = 0
+        if comm.get_world_size() > 1:   # batches to join after this rank's shard is exhausted
+            counts = comm.all_gather(len(data_loader))
+            idle = max(counts) - counts[comm.get_rank()]
+        for batch in itertools.chain(data_loader, [None] * idle):
             if self.reset == "batch":
                 work.load_state_dict(trained)
             work.train()
             with torch.enable_grad():
-                self.adapt(work, dict(batch, images=batch["images"].clone()))
-            evaluator.process(batch, extract(work, batch, self.cfg.TEST.FLIP.ENABLED))
+                self.adapt(work, None if batch is None else dict(batch, images=batch["images"].clone()))
+            if batch is not None:
+                evaluator.process(batch, extract(work, batch, self.cfg.TEST.FLIP.ENABLED))
         return evaluator.evaluate() or {}
 
 

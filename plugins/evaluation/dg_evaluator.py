@@ -1,6 +1,5 @@
 """fastreid-compatible ReID evaluator backed by the exact chunked ranking (evaluation.rank)."""
 import copy
-import itertools
 import logging
 from collections import OrderedDict
 
@@ -9,6 +8,7 @@ import torch
 from fastreid.evaluation.evaluator import DatasetEvaluator
 from fastreid.utils import comm
 
+from .gather import gather_rows
 from .rank import DEFAULT_CHUNK_SIZE, evaluate_rank_chunked, evaluate_rank_dist_fn
 from .rerank import RERANK_METHODS, aqe_chunked, exact_rerank_dist_fn, topk_rerank_dist_fn
 
@@ -41,19 +41,26 @@ class DGReidEvaluator(DatasetEvaluator):
         })
 
     def _gathered(self):
-        if comm.get_world_size() > 1:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(self._predictions, dst=0)))
-            return predictions if comm.is_main_process() else None
-        return self._predictions
+        """The predictions of every rank in dataset order on rank 0 (None on the others): one dict
+        of concatenated feats / pids / camids, gathered as tensors in bounded chunks
+        (evaluation.gather.gather_rows: rank 0 holds the features once plus one chunk, where
+        fastreid's pickling comm.gather needed 2-3x); with one process the per-batch list."""
+        if comm.get_world_size() == 1:
+            return self._predictions
+        comm.synchronize()
+        gathered = {k: gather_rows([p[k] for p in self._predictions] or [torch.empty(0, dtype=torch.int64)], dst=0)
+                    for k in ("feats", "pids", "camids")}
+        return [gathered] if comm.is_main_process() else None
 
     def evaluate(self):
         predictions = self._gathered()
         if predictions is None:   # not the main process
             return {}
-        feats = torch.cat([p["feats"] for p in predictions])
-        pids = torch.cat([p["pids"] for p in predictions]).numpy()
-        camids = torch.cat([p["camids"] for p in predictions]).numpy()
+
+        def cat(key):   # no copy when there is one piece (the gathered case)
+            parts = [p[key] for p in predictions]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        feats, pids, camids = cat("feats"), cat("pids").numpy(), cat("camids").numpy()
         n = self._num_query
         cmc, all_ap, all_inp = self.rank(feats[:n], feats[n:], pids[:n], pids[n:],
                                          camids[:n], camids[n:])

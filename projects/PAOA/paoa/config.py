@@ -20,12 +20,19 @@ def add_paoa_config(cfg):
     cfg.PAOA = CN()
     cfg.PAOA.WEAK_LABELS = CN()
     # estimate: offline OpenCV estimate cached in DIR | external: maps of any saliency model (PFAN
-    # in the paper) in DIR | synthetic: the synthetic benchmark's ground-truth masks
+    # in the paper) in DIR | segmentation: person probability of a torchvision segmentation model
+    # (PAOA.WEAK_LABELS.SEG, paoa.segmentation) cached in DIR | synthetic: the synthetic benchmark's masks
     cfg.PAOA.WEAK_LABELS.SOURCE = "estimate"
     cfg.PAOA.WEAK_LABELS.METHOD = "contrast"    # estimator of SOURCE estimate (paoa.saliency)
     # label tree mirroring DATASETS.ROOT ("" with estimate: <root>/paoa_weak_labels/<METHOD>)
     cfg.PAOA.WEAK_LABELS.DIR = ""
     cfg.PAOA.WEAK_LABELS.ON_THE_FLY = False     # estimate (and cache) missing labels instead of failing
+    cfg.PAOA.WEAK_LABELS.SEG = CN()             # SOURCE segmentation (paoa.segmentation)
+    cfg.PAOA.WEAK_LABELS.SEG.ARCH = "deeplabv3_resnet50"   # a torchvision.models.segmentation builder
+    cfg.PAOA.WEAK_LABELS.SEG.WEIGHTS = ""       # checkpoint file of ARCH (required; nothing is downloaded)
+    cfg.PAOA.WEAK_LABELS.SEG.PERSON_CLASS = 15  # output channel of "person" (15 in torchvision's VOC categories)
+    cfg.PAOA.WEAK_LABELS.SEG.RESIZE = 520       # shorter side of the model input (torchvision's preset)
+    cfg.PAOA.WEAK_LABELS.SEG.DEVICE = ""        # "" = MODEL.DEVICE
     return cfg
 
 

@@ -7,6 +7,8 @@ A label source is a callable `source(img_path) -> uint8 HxW map` (0 background .
              a missing entry is an error naming the image, unless ON_THE_FLY estimates and caches it
   external   maps written by any saliency model (PFAN in the paper) into DIR, mirroring the image
              tree under DATASETS.ROOT (`<DIR>/<relative path>` with a .png or the image's own suffix)
+  segmentation  the person probability of a torchvision segmentation model with the user's weights
+             (paoa.segmentation, PAOA.WEAK_LABELS.SEG), cached under DIR like the estimate
   synthetic  the synthetic benchmark's ground-truth masks (datasets_ext.synthetic.synthetic_labels)
 
 Precompute (and check) the labels of every training and test image of a config:
@@ -58,7 +60,8 @@ def _write_atomic(path, array):
 
 class MirrorTreeLabels:
     """Labels stored as `<label_dir>/<image path relative to image_root>` (suffix .png, or the
-    image's own); with `estimator`, missing labels are estimated from the image and cached."""
+    image's own); with `estimator` (a paoa.saliency method name, or a callable rgb -> uint8 map
+    such as paoa.segmentation.PersonSegmenter), missing labels are estimated from the image and cached."""
     dense = True
 
     def __init__(self, label_dir, image_root, estimator=None):
@@ -87,7 +90,8 @@ class MirrorTreeLabels:
                 f"no weak label for image '{img_path}' (expected '{path}'). Precompute the labels "
                 f"with `{COMMAND}`, or set PAOA.WEAK_LABELS.ON_THE_FLY True to estimate them while "
                 "loading (source 'estimate' only)")
-        label = estimate_saliency(read_rgb(img_path), self.estimator)
+        rgb = read_rgb(img_path)
+        label = self.estimator(rgb) if callable(self.estimator) else estimate_saliency(rgb, self.estimator)
         _write_atomic(path, label)
         return label
 
@@ -122,7 +126,8 @@ def label_dir(cfg):
     if w.SOURCE == "external":
         raise ValueError("PAOA.WEAK_LABELS.SOURCE 'external' needs PAOA.WEAK_LABELS.DIR (the tree of "
                          "saliency maps mirroring DATASETS.ROOT)")
-    return osp.join(datasets_root(cfg), "paoa_weak_labels", w.METHOD)
+    name = f"seg_{w.SEG.ARCH}" if w.SOURCE == "segmentation" else w.METHOD
+    return osp.join(datasets_root(cfg), "paoa_weak_labels", name)
 
 
 def build_weak_labels(cfg, on_the_fly=None):
@@ -137,7 +142,12 @@ def build_weak_labels(cfg, on_the_fly=None):
             raise KeyError(f"PAOA.WEAK_LABELS.METHOD {w.METHOD!r} is not one of {sorted(ESTIMATORS)}")
         on_the_fly = w.ON_THE_FLY if on_the_fly is None else on_the_fly
         return MirrorTreeLabels(label_dir(cfg), datasets_root(cfg), w.METHOD if on_the_fly else None)
-    raise KeyError(f"PAOA.WEAK_LABELS.SOURCE must be estimate, external or synthetic, got {w.SOURCE!r}")
+    if w.SOURCE == "segmentation":
+        on_the_fly = w.ON_THE_FLY if on_the_fly is None else on_the_fly
+        from .segmentation import build_segmenter
+        return MirrorTreeLabels(label_dir(cfg), datasets_root(cfg), build_segmenter(cfg) if on_the_fly else None)
+    raise KeyError(f"PAOA.WEAK_LABELS.SOURCE must be estimate, external, segmentation or synthetic, "
+                   f"got {w.SOURCE!r}")
 
 
 # ---------------------------------------------------------------- command
@@ -160,11 +170,32 @@ def _estimate_one(job):
     _write_atomic(out_path, estimate_saliency(read_rgb(img_path), method))
 
 
+def _segment(cfg, jobs, batch):
+    """Label `jobs` with the configured segmentation model, `batch` same-size crops per forward."""
+    from .segmentation import build_segmenter
+    segmenter = build_segmenter(cfg)
+    by_shape = {}
+    for job in jobs:
+        rgb = read_rgb(job[0])
+        group = by_shape.setdefault(rgb.shape, [])
+        group.append((job[1], rgb))
+        if len(group) == batch:
+            _write_group(segmenter, by_shape.pop(rgb.shape))
+    for group in by_shape.values():
+        _write_group(segmenter, group)
+
+
+def _write_group(segmenter, group):
+    for (out_path, _), label in zip(group, segmenter.batch([rgb for _, rgb in group])):
+        _write_atomic(out_path, label)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"])
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="processes (SOURCE estimate)")
+    parser.add_argument("--batch", type=int, default=16, help="crops per forward pass (SOURCE segmentation)")
     parser.add_argument("--overwrite", action="store_true", help="recompute cached estimates")
     parser.add_argument("--check", action="store_true", help="only report images without a label")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -174,7 +205,7 @@ def main(argv=None):
     cfg = get_dg_cfg(args.config_file, args.opts)
     source = build_weak_labels(cfg, on_the_fly=False)
     paths = config_images(cfg, args.splits)
-    if args.check or cfg.PAOA.WEAK_LABELS.SOURCE != "estimate":
+    if args.check or cfg.PAOA.WEAK_LABELS.SOURCE not in ("estimate", "segmentation"):
         missing = [p for p in paths if not osp.exists(source.label_path(p))]
         for p in missing[:20]:
             print(f"missing: {p} -> {source.label_path(p)}")
@@ -182,7 +213,9 @@ def main(argv=None):
         return 1 if missing else 0
     jobs = [(p, source.label_path(p), cfg.PAOA.WEAK_LABELS.METHOD) for p in paths
             if args.overwrite or not osp.exists(source.label_path(p))]
-    if args.workers > 1:
+    if cfg.PAOA.WEAK_LABELS.SOURCE == "segmentation":
+        _segment(cfg, jobs, args.batch)
+    elif args.workers > 1:
         with Pool(args.workers) as pool:
             for _ in pool.imap_unordered(_estimate_one, jobs, chunksize=64):
                 pass
