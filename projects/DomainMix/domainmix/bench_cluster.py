@@ -41,19 +41,20 @@ def openblas_coretype():
 
 def measure(n, dim=2048, use_gpu=False):
     """Seconds of each step (one process, this one) and the clustering's quality; `use_gpu`: the
-    kNN search as `pseudo_labels.knn_search` does it with that argument (True: GPU faiss, else
+    kNN search as `clustering.knn_search` does it with that argument (True: GPU faiss, else
     exact blockwise torch search on CUDA)."""
-    from plugins import pseudo_labels as pl
+    from plugins import clustering as pl
+    from plugins.clustering import jaccard as jc
     x, ids = clustered_features(n, dim)
     t0 = time.perf_counter()
-    xn = pl._prepare(x)
+    xn = jc._prepare(x)
     rank, sims = pl.knn_search(xn, 30, use_gpu=use_gpu, return_sims=True)
     if use_gpu and torch.cuda.is_available():
         torch.cuda.synchronize()
     t1 = time.perf_counter()
-    v = pl._encoding(xn, rank, sims, 30, 6)
+    v = jc._encoding(xn, rank, sims, 30, 6)
     t2 = time.perf_counter()
-    dist = pl._jaccard_from_encoding(v, 0.6)
+    dist = jc._jaccard_from_encoding(v, 0.6)
     t3 = time.perf_counter()
     labels = pl.refine_clusters(pl.dbscan_labels(dist, 0.6, 4), 5, 120)
     t4 = time.perf_counter()

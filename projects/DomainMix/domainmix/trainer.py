@@ -21,7 +21,7 @@ from plugins.checkpoint import load_model_weights
 from plugins.data import build_dg_train_loader
 from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
 from plugins.engine.step import unwrap
-from plugins.pseudo_labels import PseudoLabelHook, cluster_pseudo_labels
+from plugins.clustering import PseudoLabelHook, cluster_pseudo_labels
 from plugins.registry import TRAINER_REGISTRY, register_as
 
 from .data import build_train_set, build_unlabelled_loaders

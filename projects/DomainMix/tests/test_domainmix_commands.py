@@ -1,7 +1,7 @@
 """The project's commands: offline clustering (domainmix.cluster) and the clustering benchmark."""
 import domainmix_test_utils  # noqa: F401  (project discovery)
 from domainmix_test_utils import synthetic_overrides
-from plugins.pseudo_labels import read_labels
+from plugins.clustering import read_labels
 
 MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from domainmix_test_utils import all_configs, build_trainer, load_cfg, synthetic_overrides
-from plugins.pseudo_labels import read_labels
+from plugins.clustering import read_labels
 from tests.e2e_utils import results_json, run_train_net
 
 MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"

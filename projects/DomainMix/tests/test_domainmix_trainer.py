@@ -7,7 +7,7 @@ from fastreid.utils.events import EventStorage
 from domainmix_test_utils import build_trainer
 from plugins.engine.step import unwrap
 from plugins.losses import domain_balance
-from plugins.pseudo_labels import PseudoLabels, write_labels
+from plugins.clustering import PseudoLabels, write_labels
 
 MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"
 

@@ -1,4 +1,4 @@
-"""Clustering fine-tuning after PTL: the paper's PTL+SSG† (Sec. 4.2), on plugins.pseudo_labels.
+"""Clustering fine-tuning after PTL: the paper's PTL+SSG† (Sec. 4.2), on plugins.clustering.
 
 A second training stage, started from a PTL checkpoint (MODEL.WEIGHTS), on target train images only.
 At the start of epoch 0 and then every PTL.SSG.PERIOD epochs (PseudoLabelHook):
@@ -26,7 +26,7 @@ from fastreid.modeling.losses import triplet_loss
 from fastreid.utils import comm
 
 from plugins.data import DGCommDataset, build_dg_train_loader, build_dg_train_set, load_train_items
-from plugins.pseudo_labels import (PseudoLabelHook, cluster_pseudo_labels, cluster_stats, dbscan_labels,
+from plugins.clustering import (PseudoLabelHook, cluster_pseudo_labels, cluster_stats, dbscan_labels,
                                    refine_clusters)
 
 logger = logging.getLogger(__name__)
