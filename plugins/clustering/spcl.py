@@ -29,11 +29,13 @@ member is kept when its R_comp equals the largest R_comp in its cluster. Everyth
 the memory as un-clustered instances.
 """
 import logging
+import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from fastreid.engine.train_loop import HookBase
 from torch import nn
 
 from .dbscan import dbscan_labels
@@ -42,7 +44,7 @@ from .refine import refine_clusters
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HybridMemory", "reliability_scores", "self_paced_labels", "spcl_cluster"]
+__all__ = ["HybridMemory", "reliability_scores", "self_paced_labels", "spcl_cluster", "SpCLHook"]
 
 
 # ---------------------------------------------------------------------------- memory
@@ -231,11 +233,85 @@ def self_paced_labels(labels, labels_tight, labels_loose, indep_threshold=None, 
 
 
 def spcl_cluster(features, k1=30, k2=6, eps=0.6, eps_gap=0.02, min_samples=4, indep_threshold=None,
-                 use_gpu=None):
+                 quantile=0.9, use_gpu=None):
     """One SpCL re-clustering of target features [T, D]: k-reciprocal Jaccard distance, DBSCAN at
     eps - gap, eps, eps + gap, then `self_paced_labels`. Returns its (labels, threshold, stats)."""
     if not 0 < eps_gap < eps:
         raise ValueError(f"SpCL needs 0 < eps_gap < eps, got eps {eps}, eps_gap {eps_gap}")
     d = jaccard_distance_sparse(features, k1, k2, max_dist=min(eps + eps_gap, 1.0), use_gpu=use_gpu)
     lab = [dbscan_labels(d, e, min_samples) for e in (eps, eps - eps_gap, eps + eps_gap)]
-    return self_paced_labels(*lab, indep_threshold=indep_threshold)
+    return self_paced_labels(*lab, indep_threshold=indep_threshold, quantile=quantile)
+
+
+# ---------------------------------------------------------------------------- hook
+class SpCLHook(HookBase):
+    """SpCL's outer loop around a `HybridMemory` (Algorithm 1 of SpCL).
+
+    before_train (fresh run): fill the memory with `init_memory() -> (source centroids [S, D],
+      target features [T, D])`; on --resume the memory comes back with the model's checkpoint
+      (its buffers) and the labels in force are handed to `on_labels` again.
+    before_epoch: cluster the memory's target rows (`cluster(features, indep_threshold=...) ->
+      (labels, threshold, stats)`, e.g. `spcl_cluster` with the config's values; the threshold of
+      the first clustering is kept for the run), set them in the memory, write
+      OUTPUT_DIR/<name>/epoch_XXX.json and OUTPUT_DIR/<name>.json ({target path: label}, -1 =
+      un-clustered), then call `on_labels(labels [T] int64, epoch)` (the project rebuilds its
+      target loader). Under DDP only rank 0 clusters; the labels are broadcast to every rank.
+    memory: the HybridMemory, or a callable returning it; paths: the T target image paths.
+    """
+
+    def __init__(self, memory, init_memory, cluster, on_labels, paths, output_dir, name="pseudo_labels"):
+        self._memory = memory
+        self.init_memory, self.cluster, self.on_labels = init_memory, cluster, on_labels
+        self.paths, self.output_dir, self.name = list(paths), output_dir, name
+        self.indep_threshold = None
+        self.num_clusters = None       # clusters in force (memory classes S..S+C-1); None: none yet
+        self._resumed = False
+
+    @property
+    def memory(self):
+        return self._memory() if callable(self._memory) and not isinstance(self._memory, nn.Module) \
+            else self._memory
+
+    def before_train(self):
+        mem = self.memory
+        if len(self.paths) != mem.num_target:
+            raise ValueError(f"SpCLHook: {len(self.paths)} target paths for a memory of {mem.num_target} target rows")
+        if self._resumed:
+            if self.num_clusters is not None:
+                lab = (mem.labels[mem.num_source:] - mem.num_source).cpu().numpy()
+                lab[lab >= self.num_clusters] = -1
+                logger.info(f"Resuming with the SpCL labels in the memory ({self.num_clusters} clusters)")
+                self.on_labels(lab, -1)
+            return
+        source, target = self.init_memory()
+        mem.init_source(source)
+        mem.init_target(target)
+
+    def before_epoch(self):
+        self.run(self.trainer.epoch)
+
+    def run(self, epoch):
+        mem = self.memory
+        from fastreid.utils import comm
+        result = [None, None, None]
+        if comm.is_main_process():
+            result = list(self.cluster(mem.target_features().cpu(), indep_threshold=self.indep_threshold))
+        if comm.get_world_size() > 1:
+            dist.broadcast_object_list(result, src=0)
+        labels, self.indep_threshold, stats = result
+        labels = np.asarray(labels, dtype=np.int64)
+        self.num_clusters = mem.set_target_labels(labels)
+        if comm.is_main_process():
+            from .label_io import write_labels
+            named = dict(zip(self.paths, labels.tolist()))
+            for rel in (os.path.join(self.name, f"epoch_{epoch:03d}.json"), self.name + ".json"):
+                write_labels(os.path.join(self.output_dir, rel), named, epoch=epoch, stats=stats, method="SpCL")
+            logger.info(f"Epoch {epoch}: SpCL labels {stats}")
+        self.on_labels(labels, epoch)
+
+    def state_dict(self):
+        return {"indep_threshold": self.indep_threshold, "num_clusters": self.num_clusters}
+
+    def load_state_dict(self, state):
+        self.indep_threshold, self.num_clusters = state["indep_threshold"], state["num_clusters"]
+        self._resumed = True
