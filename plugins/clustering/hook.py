@@ -16,7 +16,17 @@ from .refine import cluster_stats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PseudoLabels", "PseudoLabelHook"]
+__all__ = ["PseudoLabels", "PseudoLabelHook", "broadcast_from_main"]
+
+
+def broadcast_from_main(obj):
+    """`obj` of the main process on every process (picklable; under DDP a broadcast, no file)."""
+    if comm.get_world_size() == 1:
+        return obj
+    import torch.distributed as dist
+    box = [obj if comm.is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class PseudoLabels(NamedTuple):
@@ -39,6 +49,7 @@ class PseudoLabelHook(HookBase):
     model: the model to extract features with (default: the trainer's), or a callable
       `epoch -> model` (e.g. a stage-1 model for the first clustering only).
     cluster: features Tensor [N, D] -> labels np.ndarray [N] (default `cluster_pseudo_labels`).
+    Under DDP only rank 0 clusters and writes the files; its labels are broadcast to every rank.
     Checkpointed: on --resume the labels in force at the checkpoint are re-read from their file and
     passed with restored=True, and a clustering due at an epoch whose file the interrupted run had
     already written reuses that file (features are still extracted when `needs_features`).
@@ -122,9 +133,7 @@ class PseudoLabelHook(HookBase):
                 write_labels(os.path.join(self.output_dir, self.name + ".json"), labels, epoch=epoch,
                              stats=stats)
                 logger.info(f"Epoch {epoch}: pseudo labels {stats} -> {rel}")
-            comm.synchronize()
-            if not comm.is_main_process():
-                labels = read_labels(path)
+            labels = broadcast_from_main(labels)     # rank 0 clustered; every rank trains on its labels
         self.current, self.current_epoch = rel, epoch
         flat_paths = [p for ps in paths for p in ps]
         features = torch.cat(feats) if feats else None

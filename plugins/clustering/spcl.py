@@ -293,12 +293,12 @@ class SpCLHook(HookBase):
     def run(self, epoch):
         mem = self.memory
         from fastreid.utils import comm
-        result = [None, None, None]
+
+        from .hook import broadcast_from_main
+        result = None
         if comm.is_main_process():
             result = list(self.cluster(mem.target_features().cpu(), indep_threshold=self.indep_threshold))
-        if comm.get_world_size() > 1:
-            dist.broadcast_object_list(result, src=0)
-        labels, self.indep_threshold, stats = result
+        labels, self.indep_threshold, stats = broadcast_from_main(result)
         labels = np.asarray(labels, dtype=np.int64)
         self.num_clusters = mem.set_target_labels(labels)
         if comm.is_main_process():

@@ -148,7 +148,7 @@ class DomainMixSpCLTrainer(DGTrainer):
 
     @classmethod
     def checkpoint_optional_keys(cls, cfg):
-        return ("heads.weight", "memory.")
+        return ("heads.weight", "memory")
 
     def build_extra_hooks(self, cfg):
         p, s = cfg.DOMAINMIX.PSEUDO, cfg.DOMAINMIX.SPCL

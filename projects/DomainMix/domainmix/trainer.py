@@ -58,6 +58,12 @@ class DomainMixTrainer(DGTrainer):
         return build_dg_train_loader(cfg, train_set=build_train_set(cfg))
 
     @classmethod
+    def checkpoint_optional_keys(cls, cfg):
+        """The classifier and C_d are training-only: a stage-1 network (SpCL's target-BN export has
+        neither) loads as PSEUDO.WEIGHTS."""
+        return ("heads.weight", "disc")
+
+    @classmethod
     def build_optimizers(cls, cfg, model):
         opts = {"main": build_optimizer(cfg, model, include=lambda n: not is_disc_param(n))}
         if getattr(unwrap(model), "disc", None) is not None:

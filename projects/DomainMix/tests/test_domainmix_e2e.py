@@ -68,6 +68,11 @@ def test_every_config_builds_a_trainer(config, synthetic_root, tmp_path):
     """Every shipped config (bases included) loads, merges and builds on the tiny benchmark."""
     t = build_trainer(config, synthetic_root, tmp_path)
     cfg = t.cfg
+    if "Stage1" in config or "stage1_spcl" in config:     # stage 1 is SpCL
+        assert cfg.TRAINER.NAME == "DomainMixSpCLTrainer" and cfg.MODEL.META_ARCHITECTURE == "DomainMixSpCL"
+        assert t.model.memory.num_target == 48 and set(t.optimizers) == {"main"}
+        assert [type(h).__name__ for h in t.extra_hooks] == ["SpCLHook"]
+        return
     assert cfg.TRAINER.NAME == "DomainMixTrainer" and cfg.MODEL.META_ARCHITECTURE == "DomainMix"
     n = len(cfg.DATASETS.NAMES) + len(cfg.DOMAINMIX.UNLABELLED)
     assert (t.model.disc is not None) == (n > 1) and set(t.optimizers) == ({"main", "disc"} if n > 1 else {"main"})
