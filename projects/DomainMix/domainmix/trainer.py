@@ -21,7 +21,7 @@ from plugins.checkpoint import load_model_weights
 from plugins.data import build_dg_train_loader
 from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
 from plugins.engine.step import unwrap
-from plugins.clustering import PseudoLabelHook, cluster_pseudo_labels
+from plugins.clustering import PseudoLabelHook, cluster_pseudo_labels, extract_features
 from plugins.registry import TRAINER_REGISTRY, register_as
 
 from .data import build_train_set, build_unlabelled_loaders
@@ -122,12 +122,24 @@ class DomainMixTrainer(DGTrainer):
                     f"{train_set.num_active_classes - train_set.num_labelled_classes} clusters, "
                     f"{len(train_set)} images")
         if pl.features is not None and not pl.restored and self.cfg.DOMAINMIX.PSEUDO.INIT_CLASSIFIER:
+            if self._clustered_by_other_model(pl.epoch):   # centres from the network being trained
+                pl = pl._replace(features=self.own_features())
             self.init_classifier(train_set, pl)
+
+    def _clustered_by_other_model(self, epoch):
+        return bool(self.cfg.DOMAINMIX.PSEUDO.WEIGHTS) and epoch == self.cfg.DOMAINMIX.PSEUDO.START_EPOCH
+
+    def own_features(self):
+        """Eval features [N, D] of the unlabelled images by the model being trained, in the
+        clustering hook's order (its loaders, group after group)."""
+        hook = next(h for h in self.extra_hooks if isinstance(h, PseudoLabelHook))
+        return torch.cat([extract_features(self.model, loader) for loader in hook.loaders.values()])
 
     @torch.no_grad()
     def init_classifier(self, train_set, pl):
-        """Classifier row of each cluster := its L2-normalised mean feature (reference code); the
-        optimizer's state of those rows is reset."""
+        """Classifier row of each cluster := its L2-normalised mean feature (reference code: the
+        features of the network being trained, also when PSEUDO.WEIGHTS' stage-1 network made the
+        labels); the optimizer's state of those rows is reset."""
         weight = unwrap(self.model).heads.weight
         index = {p: i for i, p in enumerate(pl.paths)}
         members = {}
