@@ -40,11 +40,13 @@ def is_disc_param(name):
 
 def clustering_fn(cfg):
     """features -> pseudo labels with the config's k1, k2, eps, min_samples and Eq. 1 bounds
-    (none for "initial" labels, KEEP_OUTLIERS: every DBSCAN cluster is kept)."""
+    (none for "initial" labels, KEEP_OUTLIERS: every DBSCAN cluster is kept); the k-NN on the GPU
+    when there is one and PSEUDO.USE_GPU (`plugins.kreciprocal.knn_backend`: faiss-gpu, else torch)."""
     p = cfg.DOMAINMIX.PSEUDO
     initial = p.KEEP_OUTLIERS
     return functools.partial(cluster_pseudo_labels, k1=p.K1, k2=p.K2, eps=p.EPS, min_samples=p.MIN_SAMPLES,
-                             min_size=1 if initial else p.MIN_SIZE, max_size=0 if initial else p.MAX_SIZE)
+                             min_size=1 if initial else p.MIN_SIZE, max_size=0 if initial else p.MAX_SIZE,
+                             use_gpu=None if p.USE_GPU else False)
 
 
 @register_as(TRAINER_REGISTRY, "DomainMixTrainer")

@@ -148,3 +148,31 @@ def test_ddp_rank0_clusters_and_every_rank_gets_its_labels(tmp_path):
     fs = [F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(10 + r)), dim=1) for r in range(2)]
     mem.update(torch.cat(fs), torch.tensor([2, 7, 0, 3, 7, 0]))
     torch.testing.assert_close(r0["memory"], mem.features)
+
+
+@pytest.mark.parametrize("faiss_gpu, cuda, use_gpu, expected", [
+    (True, True, True, ("faiss", "cuda")),       # faiss-gpu installed: its GPU index
+    (False, True, True, ("torch", "cuda")),      # CUDA torch only: the blockwise torch search on the GPU
+    (False, False, True, ("faiss", "cpu")),      # no GPU
+    (True, True, False, ("faiss", "cpu")),       # PSEUDO.USE_GPU False
+])
+def test_clustering_knn_runs_on_the_gpu_when_there_is_one(monkeypatch, synthetic_root, tmp_path, faiss_gpu, cuda,
+                                                        use_gpu, expected):
+    """#17 item 6, on CPU: the CUDA / faiss-gpu checks are stubbed; the k-NN of both stage-1
+    clusterings (DomainMix's clustering_fn, SpCL's hook) asks for the device the stubs offer."""
+    from domainmix.trainer import clustering_fn
+    from plugins import kreciprocal as kr
+    monkeypatch.setattr(kr, "_faiss_gpu_available", lambda: faiss_gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    chosen, orig = [], kr.knn
+
+    def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False):
+        chosen.append(kr.knn_backend(backend, cpu, row_max))
+        return orig(x, k, "faiss", row_max, chunk_size, cpu=True)    # run it on the CPU here
+    monkeypatch.setattr(kr, "knn", knn)
+    x = torch.randn(30, 8)
+    cfg = load_cfg(STAGE1, synthetic_root, tmp_path, "DOMAINMIX.PSEUDO.USE_GPU", str(use_gpu))
+    clustering_fn(cfg)(x)
+    t = build_trainer(STAGE1, synthetic_root, tmp_path, "DOMAINMIX.PSEUDO.USE_GPU", str(use_gpu))
+    t.extra_hooks[0].cluster(x, indep_threshold=None)
+    assert chosen == [expected, expected]
