@@ -99,3 +99,39 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def bench_spcl_step(root, iters=5, opts=()):
+    """Seconds per training step (median of `iters` after one warm-up step) of SpCL's stage 1
+    (configs/Synthetic/stage1_spcl.yml: a source and a target batch, DSBN, hybrid memory) and of
+    the former stage 1 (configs/Synthetic/stage1_outer_loop.yml after its first clustering: one
+    batch of the same size, CE + triplet), on the synthetic benchmark at DATASETS.ROOT `root`.
+    Returns {"spcl_step_s", "baseline_step_s", "spcl_over_baseline"}; the #17 goal is <= 1.3 per
+    image (the ratio divided by 2: SpCL's step sees two batches)."""
+    import statistics
+
+    from fastreid.utils.events import EventStorage
+
+    from plugins.config import get_dg_cfg
+    from plugins.engine import TRAINER_REGISTRY
+    out = {}
+    for key, config in (("spcl", "stage1_spcl.yml"), ("baseline", "stage1_outer_loop.yml")):
+        cfg = get_dg_cfg(os.path.join(REPO, "projects/DomainMix/configs/Synthetic", config),
+                         ["DATASETS.ROOT", root, "OUTPUT_DIR", os.path.join("/tmp", f"bench_{key}"),
+                          "DATALOADER.NUM_WORKERS", "0", "DOMAINMIX.PSEUDO.START_EPOCH", "0", *opts])
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+        times = []
+        with EventStorage(0) as trainer.storage:
+            trainer.iter = trainer._trainer.iter = trainer.epoch = 0
+            for h in trainer.extra_hooks:         # memory filled / target clustered, as at epoch 0
+                h.trainer = trainer
+                h.before_train()
+                h.before_epoch()
+            for i in range(iters + 1):
+                t0 = time.perf_counter()
+                trainer._trainer.run_step()
+                times.append(time.perf_counter() - t0)
+        out[f"{key}_step_s"] = statistics.median(times[1:])
+    out["spcl_over_baseline"] = out["spcl_step_s"] / out["baseline_step_s"]
+    return out
