@@ -1,6 +1,6 @@
 """Sparse k-reciprocal encoding and Jaccard distance (Zhong et al., "Re-ranking Person
 Re-identification with k-reciprocal Encoding", CVPR 2017), shared by clustering
-(`plugins.pseudo_labels`) and re-ranking (`plugins.evaluation.rerank`).
+(`plugins.clustering`) and re-ranking (`plugins.evaluation.rerank`).
 
 Everything needs only each item's nearest neighbours and distances inside those sets, so memory
 is O(N x k1) (plus O(N x k1 x k2) non-zeros of the encoding V), never O(N^2):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import plugins  # noqa: F401
 from plugins import kreciprocal as kr
-from plugins import pseudo_labels as pl
+from plugins import clustering as pl
 
 
 def _feats(n, dim=16, seed=0):

@@ -30,7 +30,7 @@ tal_qaconv    TAL's pairwise QAConv scoring (tal.evaluation.qaconv_dist_fn, TAL.
               is spent: pairs/s, the extrapolated full time, peak GPU memory above resident
               (must stay within the memory budget).
 clustering    DomainMix's clustering (projects/DomainMix/tools/bench.py measure) of 30,000 clustered random
-              2048-d features, k-NN search on the GPU (pseudo_labels.knn_search use_gpu=True: GPU
+              2048-d features, k-NN search on the GPU (clustering.knn_search use_gpu=True: GPU
               faiss when installed, else exact blockwise torch search on CUDA).
 train_net     `train_net.py --num-gpus N` (N = min(2, GPUs)) for a few iterations of the synthetic
               baseline in a subprocess (NCCL between processes when N > 1; fastreid's launch starts

@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from plugins.config import get_dg_cfg
-from plugins.pseudo_labels import cluster_stats, extract_features, write_labels
+from plugins.clustering import cluster_stats, extract_features, write_labels
 
 
 def cluster_sources(cfg, model, with_truth=False):

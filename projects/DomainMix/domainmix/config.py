@@ -39,4 +39,12 @@ def add_domainmix_config(cfg):
     p.MAX_SIZE = 120                     # b_h of Eq. 1 (larger clusters are discarded; 0 = no bound)
     p.KEEP_OUTLIERS = False              # "initial" labels: every unclustered image is its own identity
     p.INIT_CLASSIFIER = True             # classifier rows of the clusters := L2-normalised cluster centres
+    p.USE_GPU = True                     # k-NN of the clustering on the GPU when there is one (faiss-gpu, else torch); False: CPU
+
+    s = d.SPCL = CN()                    # stage 1 by SpCL (TRAINER.NAME DomainMixSpCLTrainer); clustering: PSEUDO.K1/K2/EPS/MIN_SAMPLES
+    s.TEMPERATURE = 0.05                 # tau of SpCL's unified contrastive loss (Eq. 2)
+    s.MOMENTUM = 0.2                     # m of the hybrid memory's update (Eq. 3-4)
+    s.SOURCE_UPDATE = "mean"             # source centroids: "mean" of the batch's class features (paper) | "sequential" (public code)
+    s.EPS_GAP = 0.02                     # tighter / looser re-clustering at PSEUDO.EPS -/+ this (reliability criteria)
+    s.INDEP_QUANTILE = 0.9               # independence threshold: this quantile of the first clustering's clusters (public code)
     return cfg

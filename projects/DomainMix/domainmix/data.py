@@ -12,7 +12,7 @@ from fastreid.data.transforms import build_transforms
 
 from plugins.data import DGCommDataset
 from plugins.data.build import load_train_items
-from plugins.pseudo_labels import read_labels, refine_clusters
+from plugins.clustering import read_labels, refine_clusters
 
 PSEUDO_PREFIX = "pseudo:"
 

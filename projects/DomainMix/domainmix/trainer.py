@@ -21,7 +21,7 @@ from plugins.checkpoint import load_model_weights
 from plugins.data import build_dg_train_loader
 from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
 from plugins.engine.step import unwrap
-from plugins.pseudo_labels import PseudoLabelHook, cluster_pseudo_labels
+from plugins.clustering import PseudoLabelHook, cluster_pseudo_labels, extract_features
 from plugins.registry import TRAINER_REGISTRY
 
 from .data import build_train_set, build_unlabelled_loaders
@@ -40,11 +40,13 @@ def is_disc_param(name):
 
 def clustering_fn(cfg):
     """features -> pseudo labels with the config's k1, k2, eps, min_samples and Eq. 1 bounds
-    (none for "initial" labels, KEEP_OUTLIERS: every DBSCAN cluster is kept)."""
+    (none for "initial" labels, KEEP_OUTLIERS: every DBSCAN cluster is kept); the k-NN on the GPU
+    when there is one and PSEUDO.USE_GPU (`plugins.kreciprocal.knn_backend`: faiss-gpu, else torch)."""
     p = cfg.DOMAINMIX.PSEUDO
     initial = p.KEEP_OUTLIERS
     return functools.partial(cluster_pseudo_labels, k1=p.K1, k2=p.K2, eps=p.EPS, min_samples=p.MIN_SAMPLES,
-                             min_size=1 if initial else p.MIN_SIZE, max_size=0 if initial else p.MAX_SIZE)
+                             min_size=1 if initial else p.MIN_SIZE, max_size=0 if initial else p.MAX_SIZE,
+                             use_gpu=None if p.USE_GPU else False)
 
 
 @TRAINER_REGISTRY.register()
@@ -56,6 +58,12 @@ class DomainMixTrainer(DGTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return build_dg_train_loader(cfg, train_set=build_train_set(cfg))
+
+    @classmethod
+    def checkpoint_optional_keys(cls, cfg):
+        """The classifier and C_d are training-only: a stage-1 network (SpCL's target-BN export has
+        neither) loads as PSEUDO.WEIGHTS."""
+        return ("heads.weight", "disc")
 
     @classmethod
     def build_optimizers(cls, cfg, model):
@@ -116,12 +124,24 @@ class DomainMixTrainer(DGTrainer):
                     f"{train_set.num_active_classes - train_set.num_labelled_classes} clusters, "
                     f"{len(train_set)} images")
         if pl.features is not None and not pl.restored and self.cfg.DOMAINMIX.PSEUDO.INIT_CLASSIFIER:
+            if self._clustered_by_other_model(pl.epoch):   # centres from the network being trained
+                pl = pl._replace(features=self.own_features())
             self.init_classifier(train_set, pl)
+
+    def _clustered_by_other_model(self, epoch):
+        return bool(self.cfg.DOMAINMIX.PSEUDO.WEIGHTS) and epoch == self.cfg.DOMAINMIX.PSEUDO.START_EPOCH
+
+    def own_features(self):
+        """Eval features [N, D] of the unlabelled images by the model being trained, in the
+        clustering hook's order (its loaders, group after group)."""
+        hook = next(h for h in self.extra_hooks if isinstance(h, PseudoLabelHook))
+        return torch.cat([extract_features(self.model, loader) for loader in hook.loaders.values()])
 
     @torch.no_grad()
     def init_classifier(self, train_set, pl):
-        """Classifier row of each cluster := its L2-normalised mean feature (reference code); the
-        optimizer's state of those rows is reset."""
+        """Classifier row of each cluster := its L2-normalised mean feature (reference code: the
+        features of the network being trained, also when PSEUDO.WEIGHTS' stage-1 network made the
+        labels); the optimizer's state of those rows is reset."""
         weight = unwrap(self.model).heads.weight
         index = {p: i for i, p in enumerate(pl.paths)}
         members = {}

@@ -60,6 +60,8 @@ def synthetic_overrides(config_file):
     ds, dm = data.get("DATASETS", {}), data.get("DOMAINMIX", {})
     as_list = lambda v: [x for x in (eval(v) if isinstance(v, str) else v or ())]  # noqa: E731
     opts = list(SMALL)
+    if data.get("MODEL", {}).get("BACKBONE", {}).get("NAME") == "build_osnet_backbone":   # OSNet: its smallest width
+        opts[opts.index("18x")], opts[opts.index("512")] = "x0_25", "128"
     names, tests = as_list(ds.get("NAMES", ())), as_list(ds.get("TESTS", ()))
     unl = as_list(dm.get("UNLABELLED", ()))
     if not names:   # a base file: give it the synthetic sources

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from domainmix_testutils import synthetic_overrides
-from plugins.pseudo_labels import read_labels
+from plugins.clustering import read_labels
 
 MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"
 

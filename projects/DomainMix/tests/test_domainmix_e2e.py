@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from domainmix_testutils import all_configs, build_trainer, load_cfg, synthetic_overrides
-from plugins.pseudo_labels import read_labels
+from plugins.clustering import read_labels
 from tests.e2e_utils import results_json, run_train_net
 
 MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"
@@ -68,6 +68,11 @@ def test_every_config_builds_a_trainer(config, domainmix_trainer):
     """Every shipped config (bases included) loads, merges and builds on the tiny benchmark."""
     t = domainmix_trainer(config)
     cfg = t.cfg
+    if "Stage1" in config or "stage1_spcl" in config:     # stage 1 is SpCL
+        assert cfg.TRAINER.NAME == "DomainMixSpCLTrainer" and cfg.MODEL.META_ARCHITECTURE == "DomainMixSpCL"
+        assert t.model.memory.num_target == 48 and set(t.optimizers) == {"main"}
+        assert [type(h).__name__ for h in t.extra_hooks] == ["SpCLHook"]
+        return
     assert cfg.TRAINER.NAME == "DomainMixTrainer" and cfg.MODEL.META_ARCHITECTURE == "DomainMix"
     n = len(cfg.DATASETS.NAMES) + len(cfg.DOMAINMIX.UNLABELLED)
     assert (t.model.disc is not None) == (n > 1) and set(t.optimizers) == ({"main", "disc"} if n > 1 else {"main"})

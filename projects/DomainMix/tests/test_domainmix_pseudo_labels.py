@@ -1,4 +1,4 @@
-"""plugins.pseudo_labels: Jaccard distance against an independent implementation, DBSCAN on the
+"""plugins.clustering: Jaccard distance against an independent implementation, DBSCAN on the
 sparse form, Eq. 1 refinement, identity recovery on synthetic data, and the re-clustering hook."""
 import glob
 import os
@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import domainmix_testutils  # noqa: F401  (project discovery)
-from plugins import pseudo_labels as pl
+from plugins import clustering as pl
 
 
 def _blobs(ids=20, per=8, dim=32, noise=0.5, seed=0):
@@ -45,7 +44,7 @@ def test_jaccard_properties_and_sparse_form():
 
 
 def test_dense_jaccard_refuses_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(pl, "_available_bytes", lambda: 10_000)
+    monkeypatch.setattr(pl.jaccard, "_available_bytes", lambda: 10_000)
     with pytest.raises(MemoryError, match="jaccard_distance_sparse"):
         pl.jaccard_distance(torch.randn(100, 8))
 

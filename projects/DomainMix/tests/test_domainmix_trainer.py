@@ -7,7 +7,7 @@ from fastreid.utils.events import EventStorage
 from domainmix_testutils import build_trainer
 from plugins.engine.step import unwrap
 from plugins.losses import domain_balance
-from plugins.pseudo_labels import PseudoLabels, write_labels
+from plugins.clustering import PseudoLabels, write_labels
 
 MAIN = "projects/DomainMix/configs/Synthetic/domainmix.yml"
 
@@ -211,3 +211,30 @@ def test_any_number_of_domains(domainmix_trainer):
     items = t.data_loader.dataset.img_items
     by_domain = {d: {it[0].split("/")[-3] for it in items if it[3]["domain"] == d} for d in range(3)}
     assert by_domain == {0: {"domain0"}, 1: {"domain2"}, 2: {"domain1"}}   # NAMES, then UNLABELLED
+
+
+def test_classifier_rows_come_from_the_trained_network_not_the_stage1_one(synthetic_root, tmp_path):
+    """Issue #17 item 2: with PSEUDO.WEIGHTS the stage-1 network only makes the labels; the cluster
+    rows of the classifier are the centres of the network being trained (reference code)."""
+    import numpy as np
+    import torch.nn.functional as F
+    from plugins.clustering import extract_features
+    t0 = build_trainer(MAIN, synthetic_root, tmp_path)
+    stage1 = t0.build_model(t0.cfg)                 # another initialisation: another network
+    torch.save(stage1.state_dict(), tmp_path / "stage1.pth")
+    t = build_trainer(MAIN, synthetic_root, tmp_path, "DOMAINMIX.PSEUDO.WEIGHTS", str(tmp_path / "stage1.pth"),
+                      "DOMAINMIX.PSEUDO.START_EPOCH", "0")
+    hook = t.extra_hooks[0]
+    used = []
+    hook.cluster = lambda f: (used.append(f.clone()), np.arange(len(f)) % 4)[1]
+    hook.trainer = t
+    hook.run(0)
+    loader = next(iter(hook.loaders.values()))
+    own = extract_features(t.model, loader)
+    theirs = extract_features(stage1, loader)
+    torch.testing.assert_close(used[0], theirs)                   # labels from the stage-1 network
+    w = unwrap(t.model).heads.weight.detach()
+    for lab in range(4):
+        idx = torch.arange(len(own))[torch.arange(len(own)) % 4 == lab]
+        torch.testing.assert_close(w[8 + lab], F.normalize(own[idx].mean(0), dim=0))
+        assert not torch.allclose(w[8 + lab], F.normalize(theirs[idx].mean(0), dim=0), atol=1e-3)

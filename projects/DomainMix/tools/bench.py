@@ -43,19 +43,20 @@ def openblas_coretype():
 
 def measure(n, dim=2048, use_gpu=False):
     """Seconds of each step (one process, this one) and the clustering's quality; `use_gpu`: the
-    kNN search as `pseudo_labels.knn_search` does it with that argument (True: GPU faiss, else
+    kNN search as `clustering.knn_search` does it with that argument (True: GPU faiss, else
     exact blockwise torch search on CUDA)."""
-    from plugins import pseudo_labels as pl
+    from plugins import clustering as pl
+    from plugins.clustering import jaccard as jc
     x, ids = clustered_features(n, dim)
     t0 = time.perf_counter()
-    xn = pl._prepare(x)
+    xn = jc._prepare(x)
     rank, sims = pl.knn_search(xn, 30, use_gpu=use_gpu, return_sims=True)
     if use_gpu and torch.cuda.is_available():
         torch.cuda.synchronize()
     t1 = time.perf_counter()
-    v = pl._encoding(xn, rank, sims, 30, 6)
+    v = jc._encoding(xn, rank, sims, 30, 6)
     t2 = time.perf_counter()
-    dist = pl._jaccard_from_encoding(v, 0.6)
+    dist = jc._jaccard_from_encoding(v, 0.6)
     t3 = time.perf_counter()
     labels = pl.refine_clusters(pl.dbscan_labels(dist, 0.6, 4), 5, 120)
     t4 = time.perf_counter()
@@ -120,3 +121,39 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def bench_spcl_step(root, iters=5, opts=()):
+    """Seconds per training step (median of `iters` after one warm-up step) of SpCL's stage 1
+    (configs/Synthetic/stage1_spcl.yml: a source and a target batch, DSBN, hybrid memory) and of
+    the former stage 1 (configs/Synthetic/stage1_outer_loop.yml after its first clustering: one
+    batch of the same size, CE + triplet), on the synthetic benchmark at DATASETS.ROOT `root`.
+    Returns {"spcl_step_s", "baseline_step_s", "spcl_over_baseline"}; the #17 goal is <= 1.3 per
+    image (the ratio divided by 2: SpCL's step sees two batches)."""
+    import statistics
+
+    from fastreid.utils.events import EventStorage
+
+    from plugins.config import get_dg_cfg
+    from plugins.engine import TRAINER_REGISTRY
+    out = {}
+    for key, config in (("spcl", "stage1_spcl.yml"), ("baseline", "stage1_outer_loop.yml")):
+        cfg = get_dg_cfg(os.path.join(REPO, "projects/DomainMix/configs/Synthetic", config),
+                         ["DATASETS.ROOT", root, "OUTPUT_DIR", os.path.join("/tmp", f"bench_{key}"),
+                          "DATALOADER.NUM_WORKERS", "0", "DOMAINMIX.PSEUDO.START_EPOCH", "0", *opts])
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        trainer = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+        times = []
+        with EventStorage(0) as trainer.storage:
+            trainer.iter = trainer._trainer.iter = trainer.epoch = 0
+            for h in trainer.extra_hooks:         # memory filled / target clustered, as at epoch 0
+                h.trainer = trainer
+                h.before_train()
+                h.before_epoch()
+            for i in range(iters + 1):
+                t0 = time.perf_counter()
+                trainer._trainer.run_step()
+                times.append(time.perf_counter() - t0)
+        out[f"{key}_step_s"] = statistics.median(times[1:])
+    out["spcl_over_baseline"] = out["spcl_step_s"] / out["baseline_step_s"]
+    return out

@@ -1,4 +1,4 @@
-"""Clustering fine-tuning after PTL: the paper's PTL+SSG† (Sec. 4.2), on plugins.pseudo_labels.
+"""Clustering fine-tuning after PTL: the paper's PTL+SSG† (Sec. 4.2), on plugins.clustering.
 
 A second training stage, started from a PTL checkpoint (MODEL.WEIGHTS), on target train images only.
 At the start of epoch 0 and then every PTL.SSG.PERIOD epochs (PseudoLabelHook):
@@ -32,9 +32,9 @@ from fastreid.utils import comm
 
 from plugins import kreciprocal as kr
 from plugins.data import DGCommDataset, build_dg_train_loader, build_dg_train_set, load_train_items
+from plugins.clustering import (PseudoLabelHook, cluster_pseudo_labels, cluster_stats, dbscan_labels,
+                                extract_features, refine_clusters)
 from plugins.distributed import broadcast_object
-from plugins.pseudo_labels import (PseudoLabelHook, cluster_pseudo_labels, cluster_stats, dbscan_labels,
-                                   extract_features, refine_clusters)
 
 logger = logging.getLogger(__name__)
 PART_ROWS = {"whole": (0.0, 1.0), "upper": (0.0, 0.5), "lower": (0.5, 1.0)}
