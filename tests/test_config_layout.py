@@ -21,6 +21,7 @@ VARIED_RUNNABLES = {
     "projects/PAOA/configs/Traditional/paoa.yml",
     "projects/TAL/configs/Protocol2/tal_to_M.yml",
     *(f"projects/TAL/configs/Ablations/t3_ibn_{v}.yml" for v in ("baseline", "di", "ds", "tal")),
+    "projects/TAL/configs/Ablations/t3_r50_tal.yml",   # Table 3's ResNet-50 TAL, whose DS / DI streams t3_r50_{ds,di} evaluate
     *(f"projects/PAOA/configs/LeaveOneOut/{t}/{v}.yml" for t in ("M", "MS", "C3") for v in ("paoa", "aux", "paoa_plus")),
     *(f"projects/DomainMix/configs/{d}/{v}.yml" for d, vs in {
         "OnlyRP": ("cuhk", "market", "msmt"), "Stage1": ("rp_cuhk", "rp_market", "rp_msmt"),

@@ -12,7 +12,7 @@ LR, STEPS = 1e-2, 2
 
 
 def joint_batches():
-    from paoa_test_utils import tiny_batch
+    from paoa_testutils import tiny_batch
     # batch 0: 6 images (4 on rank 0, 2 on rank 1); batch 1: 3 images, all on rank 0 (rank 1 idle)
     return [{k: v for k, v in tiny_batch(n=n, seed=20 + i).items() if k != "targets"} for i, n in enumerate((6, 3))]
 
@@ -23,7 +23,7 @@ def shard(batch, rank):
 
 
 def make_adapter(reset):
-    from paoa_test_utils import tiny_cfg
+    from paoa_testutils import tiny_cfg
     from plugins.registry import TEST_ADAPTERS
     cfg = tiny_cfg()
     cfg.TEST.ADAPT.NAME, cfg.TEST.ADAPT.STEPS, cfg.TEST.ADAPT.LR = "aux_loss", STEPS, LR
@@ -45,8 +45,7 @@ class Collect:
 def run(rank, world_size):
     """(adapted backbone after adapt() on batch 0, features of this rank's images per batch under
     the engine's cumulative protocol)."""
-    import paoa_test_utils  # noqa: F401  (fresh interpreter: project discovery)
-    from paoa_test_utils import tiny_model
+    from paoa_testutils import tiny_model
     torch.manual_seed(0)
     model = tiny_model().eval()
     batches = joint_batches()
@@ -65,7 +64,7 @@ def test_two_processes_adapt_as_one_process_on_the_joint_batch():
     (pa, fa), (pb, fb) = run_gloo(run, 2)
     for k in p1:
         assert torch.allclose(pa[k], p1[k], atol=1e-6) and torch.equal(pa[k], pb[k]), k
-    from paoa_test_utils import tiny_model
+    from paoa_testutils import tiny_model
     torch.manual_seed(0)
     start = dict(tiny_model().named_parameters())
     assert max((p1[k] - start[k]).abs().max().item() for k in p1) > 1e-3   # the step did move weights

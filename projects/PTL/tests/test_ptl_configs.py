@@ -59,9 +59,10 @@ def labels(synthetic_root, tmp_path_factory):
 
 def expected_terms(config):
     """Loss terms of a config, read from its file name (the paper's row: BL+HP^s+HP^t = hp_s_hp_t,
-    PTL = hp_t + attr_t, SSG-dagger: one triplet per body part), not from the config under test."""
+    PTL = hp_t + attr_t, SSG-dagger and full SSG: one triplet per body part), not from the config
+    under test."""
     stem = os.path.splitext(os.path.basename(config))[0]
-    if stem.endswith("_ssg"):
+    if stem.endswith(("_ssg", "_ssg_full")):
         return {"loss_ssg_whole", "loss_ssg_upper", "loss_ssg_lower"}
     tasks = ["hp_t", "attr_t"] if stem == "ptl" else [t for t in ("hp_s", "hp_t", "attr_s", "attr_t") if t in stem]
     assert tasks or stem == "baseline", f"{config}: no paper row in its name"
