@@ -138,3 +138,20 @@ def test_launch_worker_pickles_by_reference():
         return
     assert launch_mod._distributed_worker is compat._gloo_worker
     assert pickle.loads(pickle.dumps(launch_mod._distributed_worker)) is compat._gloo_worker
+
+
+def test_two_process_training_evaluates_the_model_it_saves(synthetic_root, tmp_path):
+    """Under DDP each process updates its own BN running statistics; unless they are averaged after
+    every step, the 2-process evaluation at the end of training scores each shard with a different
+    model, and neither is the one rank 0 saves: its metrics then differ from an evaluation of
+    model_final.pth."""
+    two, one = tmp_path / "train2", tmp_path / "eval1"
+    _train_net("--num-gpus", "2", "--dist-url", "auto", "--config-file", os.path.join(REPO, BASELINE),
+               "DATASETS.ROOT", synthetic_root, *TINY, "SEED", "0", "SOLVER.ITERS_PER_EPOCH", "3",
+               "OUTPUT_DIR", str(two))
+    run_train_net(BASELINE, one, synthetic_root, "MODEL.WEIGHTS", str(two / "model_final.pth"),
+                  flags=["--eval-only"])
+    s1, s2 = _splits(one), _splits(two)
+    assert list(s1) == list(s2) == ["SynthDomain3", "SynthDomain0"]
+    for split in s1:
+        assert s2[split] == s1[split], split

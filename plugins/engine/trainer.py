@@ -63,7 +63,7 @@ class DGTrainer(DefaultTrainer):
         optimizers = self.build_optimizers(cfg, model)
         if comm.get_world_size() > 1:
             # The step averages gradients itself (after gradient surgery needs them per objective),
-            # so DDP only keeps the replicas' buffers and start state in sync.
+            # so DDP only syncs the start state (BN running statistics: RunningStatsSync).
             ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
@@ -213,6 +213,8 @@ class DGTrainer(DefaultTrainer):
     def build_hooks(self):
         cfg = self.cfg
         ret = [hooks.IterationTimer()]
+        if comm.get_world_size() > 1:   # before every hook that evaluates or saves the model
+            ret.append(RunningStatsSync(self.model))
         ret += [NamedLRScheduler(opt, self.schedulers[k], "lr" if k == "main" else f"lr_{k}")
                 for k, opt in self.optimizers.items()]
         if self.schedule is not None:
@@ -279,6 +281,20 @@ class DGTrainer(DefaultTrainer):
             report.write_results_json(per_split, os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_JSON))
         results = OrderedDict((t, dict(a["mean"])) for t, a in summary.items())
         return results[next(iter(results))] if len(results) == 1 else results
+
+
+class RunningStatsSync(hooks.HookBase):
+    """Under DDP: average every BN running statistic over the processes after every step
+    (`plugins.dsbn.average_running_stats`; DDP runs with broadcast_buffers=False), so every process
+    evaluates, and rank 0 saves, the same model; without it each rank's statistics drift apart
+    and the multi-process evaluation scores each shard with a different model."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def after_step(self):
+        from plugins.dsbn import average_running_stats
+        average_running_stats(self.model)
 
 
 class NamedLRScheduler(hooks.LRScheduler):

@@ -103,6 +103,15 @@ class DomainMixTrainer(DGTrainer):
                                 model=self._clustering_model if p.WEIGHTS else None,
                                 needs_features=p.INIT_CLASSIFIER)]
 
+    def train(self):
+        """Loads DOMAINMIX.PSEUDO.WEIGHTS once first (then drops it) when the run will still use it
+        (it starts at or before PSEUDO.START_EPOCH), so a missing file or a checkpoint of another
+        architecture fails at once, not after START_EPOCH epochs of training."""
+        p = self.cfg.DOMAINMIX.PSEUDO
+        if self.cfg.DOMAINMIX.UNLABELLED and p.WEIGHTS and self.start_epoch <= p.START_EPOCH:
+            self._clustering_model(p.START_EPOCH)
+        return super().train()
+
     def _clustering_model(self, epoch):
         """The PSEUDO.WEIGHTS model for the first clustering, the trained model afterwards."""
         if epoch != self.cfg.DOMAINMIX.PSEUDO.START_EPOCH:

@@ -238,3 +238,18 @@ def test_classifier_rows_come_from_the_trained_network_not_the_stage1_one(synthe
         idx = torch.arange(len(own))[torch.arange(len(own)) % 4 == lab]
         torch.testing.assert_close(w[8 + lab], F.normalize(own[idx].mean(0), dim=0))
         assert not torch.allclose(w[8 + lab], F.normalize(theirs[idx].mean(0), dim=0), atol=1e-3)
+
+
+def test_pseudo_weights_of_another_architecture_fail_before_the_first_step(synthetic_root, tmp_path):
+    """PSEUDO.WEIGHTS is used at the first clustering (START_EPOCH 2 here); a checkpoint of another
+    architecture must fail when training starts, not START_EPOCH epochs later."""
+    from plugins.checkpoint import CheckpointMismatchError
+    bad = tmp_path / "other_arch.pth"
+    torch.save({"stem.0.weight": torch.zeros(3), "prior_time": torch.zeros(2)}, bad)
+    t = build_trainer(MAIN, synthetic_root, tmp_path, "DOMAINMIX.PSEUDO.WEIGHTS", str(bad),
+                      "DOMAINMIX.PSEUDO.START_EPOCH", "2", "SOLVER.MAX_EPOCH", "3")
+    steps = []
+    t._trainer.run_step = lambda: steps.append(1)
+    with pytest.raises(CheckpointMismatchError, match=f"DOMAINMIX.PSEUDO.WEIGHTS {bad}: no key of the checkpoint"):
+        t.train()
+    assert steps == []

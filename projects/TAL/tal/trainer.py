@@ -1,8 +1,8 @@
 """TALTrainer: DGTrainer with QAConv-GS's graph sampler and pairwise (QAConv) evaluation.
 
-Hooks it adds: the graph sampler's (a new graph before every TAL.GRAPH.PERIOD-th epoch), under
-DDP the running-statistics average (`plugins.dsbn.average_running_stats` after every step), and
-`LogitScaleGuard` (stops training when a matcher's logit scale collapses, issue #19 item 3).
+Hooks it adds: the graph sampler's (a new graph before every TAL.GRAPH.PERIOD-th epoch) and
+`LogitScaleGuard` (stops training when a matcher's logit scale collapses, issue #19 item 3). Under
+DDP, DGTrainer itself averages the BN running statistics after every step (RunningStatsSync).
 """
 import logging
 import math
@@ -15,7 +15,6 @@ from fastreid.evaluation.evaluator import inference_context
 from fastreid.utils import comm
 
 from plugins.data import DGCommDataset, build_dg_test_loader, build_dg_train_loader, build_dg_train_set
-from plugins.dsbn import average_running_stats
 from plugins.engine import DGTrainer
 from plugins.engine.step import unwrap
 from plugins.engine.tta import extract
@@ -82,18 +81,6 @@ class LogitScaleGuard(HookBase):
         check_logit_scales(self.model, self.min_scale, getattr(self.trainer, "iter", None))
 
 
-class RunningStatsSync(HookBase):
-    """Under DDP: average every BN running statistic over the processes after every step
-    (`plugins.dsbn.average_running_stats`), so the experts' statistics, the graph and the
-    evaluation are the same on every process."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def after_step(self):
-        average_running_stats(self.model)
-
-
 @TRAINER_REGISTRY.register()
 class TALTrainer(DGTrainer):
     _scoring_model = None   # the model TALTrainer.test evaluates (build_evaluator has no model)
@@ -140,7 +127,7 @@ class TALTrainer(DGTrainer):
 
     def build_extra_hooks(self, cfg):
         model = unwrap(self._trainer.model)
-        hooks = [RunningStatsSync(model)] if comm.get_world_size() > 1 else []
+        hooks = []   # under DDP DGTrainer averages the BN running statistics (RunningStatsSync)
         if cfg.TAL.GUARD.MIN_LOGIT_SCALE >= 0:
             hooks.append(LogitScaleGuard(model, cfg.TAL.GUARD.MIN_LOGIT_SCALE))
         if cfg.TAL.GRAPH.ENABLED:
