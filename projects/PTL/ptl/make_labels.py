@@ -228,6 +228,13 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    if a.datasets:   # r2 review: an unknown name was fastreid's KeyError traceback
+        from fastreid.data.datasets import DATASET_REGISTRY
+        known = set(DATASET_REGISTRY._obj_map)
+        unknown = [n for n in a.datasets if n not in known]
+        if unknown:
+            p.error(f"--datasets: no registered dataset {', '.join(unknown)} "
+                    f"(registered: {', '.join(sorted(known))})")
     if a.check:
         if not a.config_file and not a.datasets:
             p.error("--check needs --config-file or --datasets")
