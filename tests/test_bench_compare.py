@@ -60,6 +60,10 @@ def test_project_tools_load_by_project_name_and_errors_name_the_path():
         load_project_tool("PTL", "nope")
     with pytest.raises(SystemExit, match=r"projects/PTL/tools/bench.py has no main\(argv\): not a command$"):
         run(["PTL", "bench"])   # settings only: not a command
+    with pytest.raises(SystemExit, match=r"^no project 'Nope': the projects are \['ADIN', "):
+        run(["Nope", "bench"])   # the command exits with the message (r2 review: was a traceback)
+    with pytest.raises(SystemExit, match=r"^no project tool .*projects/PTL/tools/nope.py \(expected "):
+        run(["PTL", "nope"])
     for name, mod in project_settings().items():
         for f in mod.BENCH.step_configs.values():
             assert os.path.isfile(os.path.join(REPO, f)), (name, f)

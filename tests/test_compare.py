@@ -248,3 +248,16 @@ def test_learning_curve_reads_every_epoch(synthetic_root, tmp_path):
     final = json.load(open(tmp_path / "curve" / "dg_results.json"))
     last = res["points"]["SynthDomain3 mAP"][-1][1]
     assert last == pytest.approx(final["splits"]["SynthDomain3"]["mAP"], abs=0.006)   # the log's 2 decimals
+
+
+def test_driver_refuses_an_unknown_project_and_an_empty_budget(tmp_path, capsys):
+    """r2 review: `--only Nope` ran the baseline alone without a word and `--epochs 0` failed in
+    the trainer (AttributeError: 'DGTrainer' object has no attribute 'epoch'); both are argparse
+    errors now, before any benchmark is written."""
+    for argv, msg in ((["--only", "PTL", "Nope"], "--only: no project Nope (projects: ADIN, DomainMix, PAOA, PTL, TAL)"),
+                      (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+                      (["--iters-per-epoch", "-1"], "--iters-per-epoch must be at least 1, got -1")):
+        with pytest.raises(SystemExit) as e:
+            compare.main(["--root", str(tmp_path / "bench"), "--out", str(tmp_path / "out"), *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists() and not (tmp_path / "out").exists()

@@ -20,3 +20,18 @@ def test_sanity_numbers_come_from_the_evaluator():
     # swap q1's feature so that g1 comes first: rank-1 1/2, mAP (1/3 + 1) / 2
     r1, m_ap = evaluate(np.array([[1.0, 0.0], [1.0, 0.1]]), gf, q, g)
     assert r1 == 0.5 and m_ap == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_sanity_command_names_a_missing_benchmark_and_a_wrong_unseen_domain(tmp_path, capsys):
+    """r2 review: a root without a benchmark printed an empty report and exited 0; --unseen past
+    the last domain was an IndexError after the whole report."""
+    from datasets_ext.synthetic import sanity
+    with pytest.raises(SystemExit) as e:
+        sanity.main(["--root", str(tmp_path)])
+    assert e.value.code == 2
+    assert f"--root {tmp_path}: no synthetic benchmark (no {tmp_path}/synthreid/domain*;" in capsys.readouterr().err
+    (tmp_path / "synthreid" / "domain0").mkdir(parents=True)
+    (tmp_path / "synthreid" / "domain1").mkdir()
+    with pytest.raises(SystemExit):
+        sanity.main(["--root", str(tmp_path), "--baseline", "--unseen", "5"])
+    assert f"--unseen 5: the benchmark at {tmp_path} has domains 0..1" in capsys.readouterr().err

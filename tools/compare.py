@@ -378,6 +378,14 @@ def main(argv=None):
     p.add_argument("--curve-epochs", type=int, default=16)
     p.add_argument("--opts", nargs="*", default=[], help="KEY VALUE overrides of every run (tests: tiny sizes)")
     args = p.parse_args(argv)
+    for key in ("epochs", "iters_per_epoch", "curve_epochs"):   # r2 review: 0 failed deep in the trainer
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    if args.only:   # r2 review: an unknown name silently ran the baseline alone
+        known = sorted(project_settings())
+        unknown = [o for o in args.only if o.lower() not in {k.lower() for k in known}]
+        if unknown:
+            p.error(f"--only: no project {', '.join(unknown)} (projects: {', '.join(known)})")
     ensure_benchmark(args.root, args.preset)
     os.makedirs(args.out, exist_ok=True)
     if args.curve:

@@ -10,7 +10,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) < 2:
         sys.exit(f"{__doc__}\nprojects: {', '.join(sorted(project_dirs()))}")
-    mod = load_project_tool(argv[0], argv[1])
+    try:
+        mod = load_project_tool(argv[0], argv[1])
+    except FileNotFoundError as e:   # a wrong project / tool name: the message, not a traceback
+        sys.exit(str(e))
     if not hasattr(mod, "main"):
         sys.exit(f"{mod.__file__} has no main(argv): not a command")
     return mod.main(argv[2:])

@@ -225,6 +225,11 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     args = p.parse_args(argv)
     n = len(glob.glob(os.path.join(args.root, "synthreid", "domain*")))
+    if not n:   # r2 review: an empty report (std 0.0000) and exit status 0 before
+        p.error(f"--root {args.root}: no synthetic benchmark (no {os.path.join(args.root, 'synthreid', 'domain*')}; "
+                "write one with `python -m datasets_ext.synthetic.generate --root ROOT`)")
+    if args.baseline and not -n <= args.unseen < n:
+        p.error(f"--unseen {args.unseen}: the benchmark at {args.root} has domains 0..{n - 1}")
     datasets = [SYNTH_DOMAINS[k](root=args.root, verbose=False) for k in range(n)]
     print("domain statistics (train images):")
     for ds in datasets:

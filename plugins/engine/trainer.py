@@ -28,6 +28,7 @@ import logging
 import os
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import TrainerBase
@@ -318,21 +319,35 @@ def update_config(cfg, values):
     Args:
         cfg: a fastreid CfgNode (frozen or not; it is changed in place and returned).
         values: {dotted key: value}, e.g. {"MODEL.ADIN.NUM_NUISANCE_CLASSES": [3, 4]}; set through
-            yacs' `merge_from_list`, so a value must have its default's type (list and tuple mix).
+            each checked by yacs' type rule (the default's type; list and tuple mix) before any is
+            set; numpy scalars / arrays become Python numbers / lists; strings are kept verbatim.
     Returns:
         `cfg`, with its frozen state as before.
     Raises:
         KeyError: a key the config does not have, named with the keys given.
+        ValueError: a value of another type than its default (yacs' message names the key).
     The main process rewrites OUTPUT_DIR/config.yaml (when OUTPUT_DIR is set), so `--eval-only`
     with that file rebuilds the same model without re-measuring the training set.
     """
     unknown = [k for k in values if not _has_key(cfg, k)]
     if unknown:
         raise KeyError(f"update_config: the config has no key {', '.join(unknown)} (values given for {sorted(values)})")
+    from yacs.config import _check_and_coerce_cfg_value_type
+    checked = {}   # every value checked before any is set (nothing set when one is wrong)
+    for key, value in values.items():
+        if isinstance(value, np.ndarray):   # values measured with numpy: plain Python values
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, (list, tuple)):
+            value = type(value)(v.item() if isinstance(v, np.generic) else v for v in value)
+        node, leaf = _parent(cfg, key)
+        checked[key] = (node, leaf, _check_and_coerce_cfg_value_type(value, node[leaf], leaf, key))
     frozen = cfg.is_frozen()
     cfg.defrost()
     try:
-        cfg.merge_from_list([x for kv in values.items() for x in kv])
+        for node, leaf, value in checked.values():   # set as given (no literal_eval of strings)
+            node[leaf] = value
     finally:
         if frozen:
             cfg.freeze()
@@ -340,6 +355,14 @@ def update_config(cfg, values):
         with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
             f.write(cfg.dump())
     return cfg
+
+
+def _parent(cfg, dotted):
+    *path, leaf = dotted.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    return node, leaf
 
 
 def _has_key(cfg, dotted):

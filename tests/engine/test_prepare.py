@@ -72,3 +72,21 @@ def test_update_config_sets_values_keeps_frozen_state_and_names_unknown_keys(tmp
     assert cfg.SOLVER.BASE_LR == 0.25              # nothing set when a key is unknown
     with pytest.raises(ValueError, match="SOLVER.BASE_LR"):   # yacs: the default's type
         update_config(cfg, {"SOLVER.BASE_LR": "fast"})
+
+
+def test_update_config_takes_numpy_values_keeps_strings_and_sets_nothing_on_a_bad_value(tmp_path):
+    """r2 review: values measured with numpy (np.int64) were a type mismatch, a string value went
+    through literal_eval ('1e-3' became a float) and a bad value left the earlier ones set."""
+    import numpy as np
+    cfg = toy_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.freeze()
+    update_config(cfg, {"MODEL.HEADS.NUM_CLASSES": np.int64(7), "SOLVER.BASE_LR": np.float32(0.5)})
+    assert (cfg.MODEL.HEADS.NUM_CLASSES, cfg.SOLVER.BASE_LR) == (7, 0.5)
+    assert type(cfg.MODEL.HEADS.NUM_CLASSES) is int and cfg.is_frozen()
+    update_config(cfg, {"MODEL.META_ARCHITECTURE": "1e-3"})
+    assert cfg.MODEL.META_ARCHITECTURE == "1e-3"
+    with pytest.raises(ValueError, match=r"config key: SOLVER\.MAX_EPOCH"):
+        update_config(cfg, {"SOLVER.BASE_LR": 2.0, "SOLVER.MAX_EPOCH": "x"})
+    assert cfg.SOLVER.BASE_LR == 0.5                 # nothing set
+

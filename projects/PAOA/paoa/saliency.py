@@ -105,8 +105,9 @@ def grabcut_saliency(rgb, iters=3):
     mask = np.where(sal > 96, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     mask[sal > 192] = cv2.GC_FGD
     mask[_border_mask(h, w) & (sal < 64)] = cv2.GC_BGD
-    if not ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).any():
-        return sal
+    fg_any = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).any()
+    if not fg_any or not ((mask == cv2.GC_BGD) | (mask == cv2.GC_PR_BGD)).any():
+        return sal   # GrabCut needs samples of both (a 1-pixel-wide crop may have no background)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
     cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, iters, cv2.GC_INIT_WITH_MASK)
@@ -120,4 +121,8 @@ ESTIMATORS = {"contrast": contrast_saliency, "grabcut": grabcut_saliency, "contr
 def estimate_saliency(rgb, method="contrast"):
     if method not in ESTIMATORS:
         raise KeyError(f"unknown saliency estimator {method!r}; choose one of {sorted(ESTIMATORS)}")
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"saliency estimator {method!r} needs an RGB uint8 HxWx3 image, got {rgb.dtype} "
+                         f"{tuple(rgb.shape)} (read images with paoa.weak_labels.read_rgb)")
     return ESTIMATORS[method](np.ascontiguousarray(rgb))

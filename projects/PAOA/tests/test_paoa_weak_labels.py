@@ -257,3 +257,17 @@ def test_segmentation_source_errors_name_the_key(tmp_path):
 def test_person_is_class_15_of_torchvisions_voc_categories():
     from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
     assert DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1.meta["categories"].index("person") == 15
+
+
+def test_saliency_on_degenerate_crops():
+    """r2 review: GrabCut on a 1-pixel-wide crop raised OpenCV's assertion (no background
+    samples); it now returns the contrast map it starts from. A 2-D / RGBA array is a ValueError
+    naming the expected shape instead of an OpenCV channel error."""
+    thin = np.random.RandomState(0).randint(0, 255, (64, 1, 3), np.uint8)
+    for x in (thin, np.zeros((1, 1, 3), np.uint8)):
+        assert np.array_equal(estimate_saliency(x, "grabcut"), estimate_saliency(x, "contrast"))
+    grey = np.full((32, 16, 3), 128, np.uint8)
+    assert estimate_saliency(grey, "contrast").max() == 0 and estimate_saliency(grey, "grabcut").max() == 0
+    for bad, shape in ((np.zeros((32, 16), np.uint8), r"\(32, 16\)"), (np.zeros((32, 16, 4), np.uint8), r"\(32, 16, 4\)")):
+        with pytest.raises(ValueError, match=r"'contrast' needs an RGB uint8 HxWx3 image, got uint8 " + shape):
+            estimate_saliency(bad, "contrast")

@@ -118,6 +118,10 @@ def parsing_maps(out, sizes, num_classes, paths, mapping=None):
     from .teachers import map_parts
     n_in = num_classes if mapping is None else len(mapping)
     if out.dim() == 3:   # class indices
+        if out.numel() and (int(out.min()) < 0 or int(out.max()) >= n_in):
+            bad = int(out.min()) if int(out.min()) < 0 else int(out.max())
+            raise LabelError(f"parsing model output for images {paths[0]}...: class index {bad}, expected "
+                             f"0..{n_in - 1} ({'--num-classes' if mapping is None else 'the part mapping'})")
         maps = [F.interpolate(o[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long().cpu().numpy()
                 for o, (w, h) in zip(out, sizes)]
     elif out.dim() != 4 or out.shape[1] != n_in:
@@ -224,6 +228,13 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    if a.datasets:   # r2 review: an unknown name was fastreid's KeyError traceback
+        from fastreid.data.datasets import DATASET_REGISTRY
+        known = set(DATASET_REGISTRY._obj_map)
+        unknown = [n for n in a.datasets if n not in known]
+        if unknown:
+            p.error(f"--datasets: no registered dataset {', '.join(unknown)} "
+                    f"(registered: {', '.join(sorted(known))})")
     if a.check:
         if not a.config_file and not a.datasets:
             p.error("--check needs --config-file or --datasets")

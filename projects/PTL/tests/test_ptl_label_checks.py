@@ -150,6 +150,10 @@ def test_make_labels_check_by_dataset(synthetic_root, tmp_path, capsys):
     assert e.value.code == 1 and len(images) > 0
     assert capsys.readouterr().out.splitlines() == [
         f"no attributes for image '{p}' in '{out / 'attributes.csv'}'" for p in images] + [f"{len(images)} label problems"]
+    with pytest.raises(SystemExit) as e:   # r2 review: an unknown name was a KeyError traceback
+        main(["--check", "--root", synthetic_root, "--datasets", "SynthDomain2", "NopeSet", "--out", str(out)])
+    assert e.value.code == 2
+    assert "error: --datasets: no registered dataset NopeSet (registered: " in capsys.readouterr().err
 
 
 def test_validate_labels_passes_on_good_labels(synthetic_root, tmp_path):

@@ -110,3 +110,16 @@ def test_make_labels_with_densepose_parser_and_peta_sigmoid_model(synthetic_root
     assert np.array_equal(np.asarray(Image.open(store.parsing_path(img))), np.array(T.DENSEPOSE24_TO_PTL8)[fine])
     np.testing.assert_allclose(store.attributes(img), torch.stack([p, 1 - p], 1).flatten().numpy(), atol=2e-6)
     assert check(synthetic_root, ["SynthDomain3"], str(out)) == []
+
+
+def test_parsing_class_indices_outside_num_classes_are_an_error():
+    """r2 review: a parser returning [B, h, w] class indices >= --num-classes wrote maps that only
+    failed later (training / --check); now make_labels stops naming the images and the range."""
+    from ptl.make_labels import parsing_maps
+    out = torch.tensor([[[0, 3], [8, 1]]])
+    with pytest.raises(L.LabelError, match=r"images a\.jpg\.\.\.: class index 8, expected 0\.\.7 \(--num-classes\)"):
+        parsing_maps(out, [(2, 2)], 8, ["a.jpg"])
+    with pytest.raises(L.LabelError, match=r"class index -8, expected 0\.\.7"):
+        parsing_maps(-out, [(2, 2)], 8, ["a.jpg"])
+    maps = parsing_maps(out.clamp(max=7), [(2, 2)], 8, ["a.jpg"])
+    assert maps[0].tolist() == [[0, 3], [7, 1]]
