@@ -7,6 +7,7 @@ import copy
 import torch
 
 from tests.engine.ddp_utils import run_gloo
+from tests.engine.toy import Collect
 
 LR, STEPS = 1e-2, 2
 
@@ -29,17 +30,6 @@ def make_adapter(reset):
     cfg.TEST.ADAPT.NAME, cfg.TEST.ADAPT.STEPS, cfg.TEST.ADAPT.LR = "aux_loss", STEPS, LR
     cfg.TEST.ADAPT.RESET, cfg.TEST.ADAPT.BN = reset, "eval"
     return TEST_ADAPTERS.get("aux_loss")(cfg)
-
-
-class Collect:
-    def reset(self):
-        self.out = []
-
-    def process(self, batch, outputs):
-        self.out.append(outputs.clone())
-
-    def evaluate(self):
-        return {}
 
 
 def run(rank, world_size):
