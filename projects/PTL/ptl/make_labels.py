@@ -250,6 +250,15 @@ def main(argv=None):
         p.error("the following arguments are required: --datasets")
     if a.attribute_model and not a.attribute_spec:
         p.error("--attribute-model needs --attribute-spec")
+    if a.sigmoid and not a.attribute_model:
+        p.error("--sigmoid applies to --attribute-model's outputs: give --attribute-model")
+    if a.probabilities and not a.attribute_model:
+        p.error("--probabilities applies to --attribute-model's outputs: give --attribute-model")
+    if a.sigmoid and a.probabilities:
+        p.error("--sigmoid and --probabilities describe different attribute outputs ([B, n] sigmoid "
+                "probabilities vs per-attribute softmax probabilities): give one")
+    if a.parsing_mapping and not a.parsing_model:
+        p.error("--parsing-mapping applies to --parsing-model's outputs: give --parsing-model")
     check_device(a.device)
     out = a.out or osp.join(a.root, "ptl_labels")
     n = make_labels(a.root, a.datasets, out,

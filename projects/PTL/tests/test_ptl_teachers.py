@@ -123,3 +123,19 @@ def test_parsing_class_indices_outside_num_classes_are_an_error():
         parsing_maps(-out, [(2, 2)], 8, ["a.jpg"])
     maps = parsing_maps(out.clamp(max=7), [(2, 2)], 8, ["a.jpg"])
     assert maps[0].tolist() == [[0, 3], [7, 1]]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--sigmoid"], "--sigmoid applies to --attribute-model's outputs"),
+    (["--probabilities"], "--probabilities applies to --attribute-model's outputs"),
+    (["--parsing-mapping", "densepose14"], "--parsing-mapping applies to --parsing-model's outputs"),
+    (["--attribute-model", "m.pt", "--attribute-spec", "s.json", "--sigmoid", "--probabilities"],
+     "--sigmoid and --probabilities describe different attribute outputs"),
+])
+def test_teacher_options_without_their_model_are_refused(flags, message, capsys):
+    """An option that changes how a teacher's outputs are read is an error without that teacher
+    (it used to be ignored without a word)."""
+    from ptl.make_labels import main
+    with pytest.raises(SystemExit) as e:
+        main(["--root", "nowhere", "--datasets", "DG_Market1501", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
