@@ -13,20 +13,11 @@ from .dbscan import cluster_pseudo_labels
 from .features import extract_features
 from .label_io import read_labels, write_labels
 from .refine import cluster_stats
+from ..distributed import broadcast_object
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PseudoLabels", "PseudoLabelHook", "broadcast_from_main"]
-
-
-def broadcast_from_main(obj):
-    """`obj` of the main process on every process (picklable; under DDP a broadcast, no file)."""
-    if comm.get_world_size() == 1:
-        return obj
-    import torch.distributed as dist
-    box = [obj if comm.is_main_process() else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+__all__ = ["PseudoLabels", "PseudoLabelHook"]
 
 
 class PseudoLabels(NamedTuple):
@@ -133,7 +124,7 @@ class PseudoLabelHook(HookBase):
                 write_labels(os.path.join(self.output_dir, self.name + ".json"), labels, epoch=epoch,
                              stats=stats)
                 logger.info(f"Epoch {epoch}: pseudo labels {stats} -> {rel}")
-            labels = broadcast_from_main(labels)     # rank 0 clustered; every rank trains on its labels
+            labels = broadcast_object(labels)     # rank 0 clustered; every rank trains on its labels
         self.current, self.current_epoch = rel, epoch
         flat_paths = [p for ps in paths for p in ps]
         features = torch.cat(feats) if feats else None

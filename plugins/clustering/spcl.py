@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from fastreid.engine.train_loop import HookBase
 from torch import nn
 
+from ..distributed import broadcast_object
 from .dbscan import dbscan_labels
 from .jaccard import jaccard_distance_sparse
 from .refine import refine_clusters
@@ -294,11 +295,10 @@ class SpCLHook(HookBase):
         mem = self.memory
         from fastreid.utils import comm
 
-        from .hook import broadcast_from_main
         result = None
         if comm.is_main_process():
             result = list(self.cluster(mem.target_features().cpu(), indep_threshold=self.indep_threshold))
-        labels, self.indep_threshold, stats = broadcast_from_main(result)
+        labels, self.indep_threshold, stats = broadcast_object(result)
         labels = np.asarray(labels, dtype=np.int64)
         self.num_clusters = mem.set_target_labels(labels)
         if comm.is_main_process():
