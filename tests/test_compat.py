@@ -247,20 +247,23 @@ def test_openmp_threads_wait_passively_unless_chosen():
 def test_training_steps_reuse_freed_memory_unless_chosen():
     """Forward/backward steps with 8-64 MB tensors: glibc's default maps them afresh every step
     (tens of thousands of page faults per step); with the shim the steps settle on reused heap
-    memory. A user's own malloc tuning turns the shim off."""
+    memory. A user's own malloc tuning turns the shim off. One intra-op thread (one malloc arena)
+    and the median step: the count must not depend on how the thread pool was scheduled (CI once
+    saw 24576 vs 186260 summed over four steps with worker threads' arenas)."""
     import os
     code = PRELUDE + """
-import resource, sys
+import resource, statistics, sys
 if sys.argv[1] == "fix":
     compat.fix_cpu_page_faults()
 import torch
+torch.set_num_threads(1)
 conv = torch.nn.Conv2d(16, 16, 3, padding=1)
 x = torch.randn(16, 16, 128, 64)
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     (torch.relu(conv(x)).repeat(1, 4, 1, 1) ** 2).sum().backward()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print("faults", sum([faults() for _ in range(12)][-4:]), process_tuning.APPLIED)
+print("faults", int(statistics.median([faults() for _ in range(16)][-9:])), process_tuning.APPLIED)
 """
     env = {k: v for k, v in os.environ.items() if not compat._user_tuned_malloc({k: v})}
 
@@ -270,7 +273,7 @@ print("faults", sum([faults() for _ in range(12)][-4:]), process_tuning.APPLIED)
         return int(out.split()[1]), "cpu_page_faults" in out
 
     default, applied = run("default")
-    assert default > 40000 and not applied
+    assert default > 10000 and not applied
     faults, applied = run("fix")
     assert applied and faults < default / 10, (faults, default)
     for chosen in ({"DGREID_MALLOC": "system"}, {"MALLOC_ARENA_MAX": "2"}):
