@@ -386,7 +386,7 @@ def test_package_keeps_the_former_module_names_and_lists_only_shims():
     shims = {f.__module__ for f in compat.IMPORT_FIXES + compat.RUNTIME_FIXES}
     assert shims == {"plugins.compat.imports", "plugins.compat.data", "plugins.compat.engine",
                      "plugins.compat.evaluation"}
-    assert len(compat.IMPORT_FIXES) == 4 and len(compat.RUNTIME_FIXES) == 13
+    assert len(compat.IMPORT_FIXES) == 4 and len(compat.RUNTIME_FIXES) == 14
     assert {f.__name__ for f in process_tuning.TUNINGS} == {
         "fix_openblas_coretype", "fix_openmp_wait_policy", "fix_cpu_page_faults"}
 
@@ -398,3 +398,41 @@ def test_tools_compat_lists_the_applied_shims():
     assert proc.returncode == 0, proc.stderr
     shims = next(l for l in proc.stdout.splitlines() if l.startswith("shims needed on this stack:"))
     assert "'torch_six'" in shims and "'sampler_own_random_state'" in shims, proc.stdout
+
+
+def test_gpu_loader_thread_hands_its_error_to_training():
+    """fastreid's DataLoaderX (GPU training loader) reads batches in a BackgroundGenerator thread;
+    an error there (unreadable image) killed the thread and training waited forever. With the shim
+    the error reaches the training loop. Run on CPU with only the CUDA calls stubbed."""
+    code = """
+        import contextlib, torch
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        torch.cuda.Stream = lambda *a, **k: None
+        torch.cuda.set_device = lambda *a, **k: None
+        torch.cuda.stream = lambda s: contextlib.nullcontext()
+        torch.cuda.current_stream = lambda: type("S", (), {"wait_stream": lambda self, s: None})()
+        from fastreid.data import data_utils
+        print("loses", compat.data._background_generator_loses_errors(data_utils))
+        compat.fix_background_generator_errors()
+        compat.fix_background_generator_errors()
+        print("after", compat.data._background_generator_loses_errors(data_utils), compat.APPLIED[-1:])
+        class DS(torch.utils.data.Dataset):
+            def __len__(self): return 8
+            def __getitem__(self, i):
+                if i == 5:
+                    raise OSError("cannot identify image file 'bad.jpg'")
+                return {"images": torch.full((3,), float(i))}
+        loader = data_utils.DataLoaderX(local_rank="cpu", dataset=DS(), batch_size=2, num_workers=0)
+        seen = []
+        try:
+            for batch in loader:
+                seen.append(batch["images"][:, 0].tolist())
+        except OSError as e:
+            print("raised", e, seen)
+    """
+    rc, out = run_py(code)
+    assert rc == 0, out
+    assert "loses True" in out and "after False ['background_generator_errors']" in out, out
+    # DataLoaderX prefetches one batch: the error surfaces at the second step (batch 2-3 read, 4-5 failed)
+    assert "raised cannot identify image file 'bad.jpg' [[0.0, 1.0]]" in out, out

@@ -11,7 +11,7 @@ module                 shims
                        the CUDA torchvision wheel on CPU torch, `np.bool`
 `compat.data`          numpy 2 `copy=False`, samplers' own random state, `to_tensor` without
                        TypedStorage, `read_image` modes, `RandomAffine` keywords, CPU
-                       `DataLoaderX`, test-loader workers
+                       `DataLoaderX`, test-loader workers, errors of the background loader thread
 `compat.engine`        AMP on CPU, gloo `launch` on CPU, `MODEL.DEVICE` on CPU, the metric
                        printer's repeated write
 `compat.evaluation`    faiss k-NN padding, Jaccard distance on CPU faiss, Cython rank build
@@ -24,7 +24,8 @@ lists the shims this stack needs and builds fastreid's Cython rank evaluator.
 """
 from . import data, engine, evaluation, imports
 from ._applied import APPLIED, cuda_available as _cuda, mark as _mark
-from .data import (fix_dataloaderx_cpu, fix_numpy2_copy_false, fix_random_affine_kwargs, fix_read_image_modes,
+from .data import (fix_background_generator_errors, fix_dataloaderx_cpu, fix_numpy2_copy_false,
+                   fix_random_affine_kwargs, fix_read_image_modes,
                    fix_sampler_shared_random_state, fix_test_loader_workers, fix_to_tensor_typed_storage)
 from .engine import (_gloo_worker, _printer_divides_by_zero, fix_amp_on_cpu, fix_launch_cpu,
                      fix_metric_printer_repeat_write, fix_model_device)
@@ -39,7 +40,7 @@ IMPORT_FIXES = (fix_collections_aliases, fix_torch_six, fix_torchvision_cuda_whe
 RUNTIME_FIXES = (fix_numpy2_copy_false, fix_random_affine_kwargs, fix_dataloaderx_cpu, fix_test_loader_workers,
                  fix_amp_on_cpu, fix_jaccard_cpu_faiss, fix_faiss_knn_padding, fix_cython_compile_exit,
                  fix_launch_cpu, fix_metric_printer_repeat_write, fix_sampler_shared_random_state,
-                 fix_to_tensor_typed_storage, fix_read_image_modes)
+                 fix_to_tensor_typed_storage, fix_read_image_modes, fix_background_generator_errors)
 
 
 def apply():

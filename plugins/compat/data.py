@@ -264,3 +264,82 @@ def fix_test_loader_workers():
     import fastreid.engine.defaults as defaults
     defaults.build_reid_test_loader = build.build_reid_test_loader
     _mark("test_loader_workers")
+
+
+class _RaisedInBackground:
+    """What the background thread puts in the queue when its loader raised."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def _background_generator_loses_errors(data_utils, wait_s=5.0):
+    """True when fastreid's `BackgroundGenerator` thread dies on an error of its generator without
+    telling the consumer (its queue then stays empty and `next()` blocks forever). CUDA calls of
+    the thread are stubbed for the probe."""
+    import queue
+    import torch
+
+    def broken():
+        raise ValueError("probe")
+        yield
+
+    set_device = torch.cuda.set_device
+    torch.cuda.set_device = lambda *a, **k: None
+    try:
+        gen = data_utils.BackgroundGenerator.__new__(data_utils.BackgroundGenerator)
+        import threading
+        threading.Thread.__init__(gen, daemon=True)
+        gen.queue, gen.generator, gen.local_rank = queue.Queue(2), broken(), 0
+        gen.exit_event = threading.Event()
+        hook, threading.excepthook = threading.excepthook, lambda args: None
+        try:
+            gen.start()
+            gen.join(wait_s)
+        finally:
+            threading.excepthook = hook
+        try:
+            gen.queue.get_nowait()
+            return False
+        except queue.Empty:
+            return True
+    finally:
+        torch.cuda.set_device = set_device
+
+
+def fix_background_generator_errors():
+    """fastreid's `DataLoaderX` (the GPU training loader) reads batches in a `BackgroundGenerator`
+    thread. When the loader raises there (an unreadable image, a worker killed, a collate error),
+    the thread dies, the consumer waits on an empty queue and training hangs forever with no error.
+    The thread now hands the exception to the consumer, which raises it with its traceback."""
+    from fastreid.data import data_utils
+    cls = data_utils.BackgroundGenerator
+    if getattr(cls, "_forwards_errors", False) or not _background_generator_loses_errors(data_utils):
+        return
+    import torch
+
+    def run(self):
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.set_device(self.local_rank)
+            for item in self.generator:
+                if self.exit_event.is_set():
+                    break
+                self.queue.put(item)
+        except BaseException as error:   # noqa: B036 - handed to the consumer, raised there
+            self.queue.put(_RaisedInBackground(error))
+            return
+        self.queue.put(None)
+
+    def next(self):
+        item = self.queue.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, _RaisedInBackground):
+            self.queue.put(None)   # a later next() ends instead of waiting
+            raise item.error
+        return item
+
+    cls.run, cls.next, cls.__next__ = run, next, next
+    cls._forwards_errors = True
+    _mark("background_generator_errors")
