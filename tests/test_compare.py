@@ -218,6 +218,7 @@ def test_driver_trains_shared_runs_once_resumes_and_refuses_other_budgets(tmp_pa
         assert os.path.isfile(os.path.join(out, f)), f
     report = open(os.path.join(out, "report.md")).read()
     assert "## Rows whose mechanism did not act" in report and "(benchmark report unavailable: x)" in report
+    assert "; 0.2 min of runs in all;" in open(os.path.join(out, "results.md")).read()   # 14 runs x 1 s
     n = len(calls)
     compare.main(["--out", out, "--seeds", "0", "1", "--only", "PAOA"])   # resumed: nothing new
     assert len(calls) == n

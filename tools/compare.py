@@ -464,10 +464,11 @@ def write_report(args, todo, keys, runs):
         results[tid] = {"title": title, "rows": entries}
         md.append(table_markdown(title, entries))
         write_plot(title, entries, os.path.join(args.out, f"{tid}.png"))
-    hours = sum(r.get("seconds", 0) for r in runs.values()) / 3600
+    seconds = sum(r.get("seconds", 0) for r in runs.values())
+    spent = f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
     header = (f"Synthetic leave-one-domain-out (-> unseen {TARGET}), benchmark preset '{args.preset}', "
               f"{args.epochs} epochs x {args.iters_per_epoch} iterations per run ({args.warmup_iters} warm-up), "
-              f"seeds {args.seeds}; {hours:.2f} h of runs in all; measured on {machine()}. Differences are "
+              f"seeds {args.seeds}; {spent} of runs in all; measured on {machine()}. Differences are "
               "paired by seed (row - reference), mean with a 95% Student-t interval; verdict: better / worse / "
               "no detectable difference at this budget.")
     text = header + "\n\n" + "\n\n".join(md) + "\n"
