@@ -168,7 +168,7 @@ def noise_level(path):
 def shift_report(root, max_images=400):
     """{"domains": [{"domain", "train_images", "train_ids", "cameras_per_id": (min, mean, max),
     "camera_prior": [...], "time_prior": [...], "background_camera_accuracy", "majority_camera_rate",
-    "noise", "mean_rgb"}], "between_domain_rgb_std"}: the benchmark-shift properties measured on the
+    "noise", "mean_rgb" (0-1), "sampled_images"}], "between_domain_rgb_std"}: the benchmark-shift properties measured on the
     generated files (at most `max_images` evenly spaced train images per domain for the image-based
     ones; counts and priors use every train file)."""
     n = len(glob.glob(os.path.join(root, "synthreid", "domain*")))
@@ -200,6 +200,7 @@ def shift_report(root, max_images=400):
             "majority_camera_rate": float(np.bincount([c for _, _, c, _ in sample]).max() / len(sample)),
             "noise": float(np.mean([noise_level(p) for p, *_ in sample])),
             "mean_rgb": [float(x) for x in np.mean([_read(p).reshape(-1, 3).mean(0) for p, *_ in sample], 0) / 255],
+            "sampled_images": len(sample),
         })
     spread = float(np.std([r["mean_rgb"] for r in rows], axis=0).mean()) if rows else 0.0
     return {"domains": rows, "between_domain_rgb_std": spread}
@@ -213,7 +214,8 @@ def print_shift_report(rep):
               f"{lo}/{mean:.2f}/{hi} (min/mean/max); camera prior {np.round(r['camera_prior'], 3).tolist()}; "
               f"time prior {np.round(r['time_prior'], 3).tolist()}")
         print(f"    background -> camera accuracy {r['background_camera_accuracy']:.3f} (majority rate "
-              f"{r['majority_camera_rate']:.3f}); noise {r['noise']:.2f}; mean RGB {np.round(r['mean_rgb'], 3).tolist()}")
+              f"{r['majority_camera_rate']:.3f}); noise {r['noise']:.2f}; mean RGB (0-1) of the {r['sampled_images']} sampled "
+              f"images {np.round(r['mean_rgb'], 3).tolist()}")
     print(f"  between-domain std of the mean colour: {rep['between_domain_rgb_std']:.4f}")
 
 
@@ -234,7 +236,7 @@ def main(argv=None):
     print("domain statistics (train images):")
     for ds in datasets:
         rgb, bright, sat, sharp = domain_stats(ds)
-        print(f"  {type(ds).__name__}: mean RGB {np.round(rgb, 3)}, brightness {bright:.3f}, "
+        print(f"  {type(ds).__name__}: mean RGB (0-1) of every 4th train image {np.round(rgb, 3)}, brightness {bright:.3f}, "
               f"saturation {sat:.3f}, sharpness (Laplacian var) {sharp:.0f}")
     print("identity visible: colour-histogram NN on the GT person region, query -> gallery:")
     for ds in datasets:

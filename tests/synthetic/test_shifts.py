@@ -94,6 +94,7 @@ def test_sanity_measures_each_shift_on_the_files(shifted_root):
     meta = json.load(open(os.path.join(shifted_root, "synthreid", "meta.json")))
     for r, m in zip(rep["domains"], meta["domains"]):
         assert r["train_images"] == 40 and r["train_ids"] == 40 and r["cameras_per_id"] == (1, 1.0, 1)
+        assert r["sampled_images"] == 40   # max_images 400 > 40: every train image
         assert r["camera_prior"] == pytest.approx(m["train_camera_prior"], abs=1e-4)   # as planned
         assert r["time_prior"] == pytest.approx(m["train_time_prior"], abs=1e-4)
         assert m["train_cameras_per_id"] == [1, 1.0, 1]
