@@ -14,33 +14,16 @@ CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, 
                  + glob.glob(os.path.join(REPO, "projects", "*", "configs", "**", "*.yml"), recursive=True))
 MAX_LEVELS = 4
 
-# Paper-table configs that other runnable configs still vary (the IBN / ResNet-50 twins, PAOA's
-# aux_dto / PAOA+ k variants, TAL's ablations): one level each, the variant sets a few keys and its
-# own OUTPUT_DIR. Not yet turned into Base-*.yml files; no new entries (synthetic configs have none).
-VARIED_RUNNABLES = {
-    "projects/PAOA/configs/Traditional/paoa.yml",
-    "projects/TAL/configs/Protocol2/tal_to_M.yml",
-    *(f"projects/TAL/configs/Ablations/t3_ibn_{v}.yml" for v in ("baseline", "di", "ds", "tal")),
-    "projects/TAL/configs/Ablations/t3_r50_tal.yml",   # Table 3's ResNet-50 TAL, whose DS / DI streams t3_r50_{ds,di} evaluate
-    *(f"projects/PAOA/configs/LeaveOneOut/{t}/{v}.yml" for t in ("M", "MS", "C3") for v in ("paoa", "aux", "paoa_plus")),
-    *(f"projects/DomainMix/configs/{d}/{v}.yml" for d, vs in {
-        "OnlyRP": ("cuhk", "market", "msmt"), "Stage1": ("rp_cuhk", "rp_market", "rp_msmt"),
-        "RP_CUHK-MSMT": ("directmix", "domainmix"), "RP_MSMT-CUHK": ("directmix", "domainmix"),
-        "RP_Market-CUHK": ("directmix", "domainmix"), "RP_Market-MSMT": ("directmix", "domainmix"),
-        "RP_CUHK-Market": ("directmix", "directmix_initial", "directmix_labeled", "domainmix", "domainmix_kl",
-                           "domainmix_labeled", "only_real_labeled"),
-        "RP_MSMT-Market": ("directmix", "directmix_initial", "directmix_labeled", "domainmix", "domainmix_kl",
-                           "domainmix_labeled", "only_real_labeled")}.items() for v in vs),
+# Project configs that run a protocol of configs/Protocols/ (same sources, targets, COMBINEALL): the
+# project base that holds the lists -> (the directory whose configs all inherit it, the protocol
+# file). A protocol file is a runnable experiment (it sets OUTPUT_DIR), so it is not inherited: the
+# test below checks the copy. TAL's protocol-2 (RandPerson + two real sets) is not one of them.
+PROTOCOL_BASES = {
+    "projects/PAOA/configs/LeaveOneOut/Base-PAOA-M.yml": ("projects/PAOA/configs/LeaveOneOut/M", "leave_one_out_M.yml"),
+    "projects/PAOA/configs/LeaveOneOut/Base-PAOA-MS.yml": ("projects/PAOA/configs/LeaveOneOut/MS", "leave_one_out_MS.yml"),
+    "projects/PAOA/configs/LeaveOneOut/Base-PAOA-C3.yml": ("projects/PAOA/configs/LeaveOneOut/C3", "leave_one_out_C3.yml"),
+    "projects/PAOA/configs/Traditional/Base-PAOA-traditional.yml": ("projects/PAOA/configs/Traditional", "traditional.yml"),
 }
-
-# project configs that run a protocol of configs/Protocols/ (same sources, targets, COMBINEALL)
-PROTOCOL_DIRS = {
-    "projects/PAOA/configs/LeaveOneOut/M": "leave_one_out_M.yml",
-    "projects/PAOA/configs/LeaveOneOut/MS": "leave_one_out_MS.yml",
-    "projects/PAOA/configs/LeaveOneOut/C3": "leave_one_out_C3.yml",
-    "projects/PAOA/configs/Traditional": "traditional.yml",
-}
-
 
 def base_of(path):
     with open(os.path.join(REPO, path)) as f:
@@ -63,13 +46,27 @@ def test_every_config_is_at_most_four_levels_deep():
     assert chain("projects/ADIN/configs/Synthetic/adin_cane.yml")[1:] == [
         "projects/ADIN/configs/Synthetic/Base-ADIN-synthetic.yml", "configs/Synthetic/Base-synthetic.yml",
         "configs/Base-DG.yml"]
+    assert chain("projects/TAL/configs/Ablations/t3_r50_baseline.yml")[1:] == [   # the deepest: 4
+        "projects/TAL/configs/Ablations/Base-QAConv-GS.yml", "projects/TAL/configs/Protocol2/Base-TAL-to_M.yml",
+        "projects/TAL/configs/Base-TAL.yml", "configs/Base-DG.yml"]
+
+
+def _sets_output_dir(path):
+    with open(os.path.join(REPO, path)) as f:
+        return re.search(r"^OUTPUT_DIR:", f.read(), re.M) is not None
 
 
 def test_configs_inherit_bases_only():
+    """Every `_BASE_` is a `Base-*.yml` that sets no OUTPUT_DIR (a runnable experiment is never
+    inherited: a variant of a table row shares the row's settings through a base both inherit),
+    and every runnable config names its own OUTPUT_DIR."""
     parents = {p: base_of(p) for p in CONFIGS if base_of(p) is not None}
-    runnable_parents = {b for b in parents.values() if not os.path.basename(b).startswith("Base-")}
-    assert runnable_parents - VARIED_RUNNABLES == set()
-    assert VARIED_RUNNABLES - runnable_parents == set()      # an entry converted: remove it here
+    assert len(parents) == len(CONFIGS) - 1                  # all but configs/Base-DG.yml
+    assert {p: b for p, b in parents.items() if not os.path.basename(b).startswith("Base-")} == {}
+    bases = sorted(p for p in CONFIGS if os.path.basename(p).startswith("Base-"))
+    assert set(parents.values()) <= set(bases)
+    assert [b for b in bases if _sets_output_dir(b)] == []
+    assert [p for p in CONFIGS if p not in bases and not _sets_output_dir(p)] == []
 
 
 def test_synthetic_configs_never_inherit_the_runnable_baseline():
@@ -88,11 +85,13 @@ def _datasets(path):
     return ast.literal_eval(str(d["NAMES"])), ast.literal_eval(str(d["TESTS"])), d.get("COMBINEALL", True)
 
 
-@pytest.mark.parametrize("directory", sorted(PROTOCOL_DIRS))
-def test_project_protocol_configs_match_the_protocol_files(directory):
-    expected = _datasets(os.path.join("configs", "Protocols", PROTOCOL_DIRS[directory]))
-    files = sorted(glob.glob(os.path.join(REPO, directory, "*.yml")))
-    assert len(files) >= 2
-    mismatched = {os.path.relpath(f, REPO): _datasets(os.path.relpath(f, REPO)) for f in files
-                  if _datasets(os.path.relpath(f, REPO)) != expected}
-    assert mismatched == {}, f"expected (NAMES, TESTS, COMBINEALL) {expected} of configs/Protocols/{PROTOCOL_DIRS[directory]}"
+@pytest.mark.parametrize("base", sorted(PROTOCOL_BASES))
+def test_project_protocol_configs_match_the_protocol_files(base):
+    directory, protocol = PROTOCOL_BASES[base]
+    expected = _datasets(os.path.join("configs", "Protocols", protocol))
+    assert _datasets(base) == expected, f"{base}: (NAMES, TESTS, COMBINEALL) differ from configs/Protocols/{protocol}"
+    files = sorted(os.path.relpath(f, REPO) for f in glob.glob(os.path.join(REPO, directory, "*.yml")))
+    assert len(files) == (10 if "LeaveOneOut" in directory else 3)
+    assert [f for f in files if base not in chain(f)] == []      # every row inherits the lists
+    mismatched = {f: _datasets(f) for f in files if _datasets(f) != expected}
+    assert mismatched == {}, f"expected (NAMES, TESTS, COMBINEALL) {expected} of configs/Protocols/{protocol}"
