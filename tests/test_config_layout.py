@@ -1,6 +1,8 @@
 """How the configs inherit (#24 item 6): at most 4 `_BASE_` levels, bases only (files named
-`Base-*.yml`), synthetic configs on `configs/Synthetic/Base-synthetic.yml` (never the runnable
-`baseline.yml`), and project protocol configs with the dataset lists of `configs/Protocols/`."""
+`Base-*.yml`, which set no OUTPUT_DIR), synthetic configs on `configs/Synthetic/Base-synthetic.yml`
+(never the runnable `baseline.yml`), project protocol configs with the dataset lists of
+`configs/Protocols/`, backbone variants that repeat their ResNet-50 row's settings exactly, and
+`tools/dump_configs.py` (the merged configs, to diff before / after a re-organisation)."""
 import ast
 import glob
 import os
@@ -95,3 +97,75 @@ def test_project_protocol_configs_match_the_protocol_files(base):
     assert [f for f in files if base not in chain(f)] == []      # every row inherits the lists
     mismatched = {f: _datasets(f) for f in files if _datasets(f) != expected}
     assert mismatched == {}, f"expected (NAMES, TESTS, COMBINEALL) {expected} of configs/Protocols/{protocol}"
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        out.update(_flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k: v})
+    return out
+
+
+def _merged(path):
+    from plugins.config import get_dg_cfg
+    return _flat(get_dg_cfg(os.path.join(REPO, path)))
+
+
+DM = "projects/DomainMix/configs"
+DM_VARIANTS = sorted(os.path.relpath(p, REPO) for d in ("ibn", "osnet_ibn")
+                     for p in glob.glob(os.path.join(REPO, DM, "*", d, "*.yml")))
+
+
+@pytest.mark.parametrize("variant", DM_VARIANTS)
+def test_domainmix_backbone_variants_equal_their_resnet50_row(variant):
+    """An `ibn/` or `osnet_ibn/` row repeats its ResNet-50 row's settings (both inherit the same
+    base): it differs in the backbone, OUTPUT_DIR and the stage-1 model, which is the one trained
+    with the same backbone (Stage1/<backbone>/<task>.yml's OUTPUT_DIR)."""
+    task, backbone, name = variant.split("/")[-3:]
+    twin = f"{DM}/{task}/{name}"
+    a, b = _merged(variant), _merged(twin)
+    assert base_of(variant).replace(f"/{backbone}/", "/") == os.path.normpath(os.path.join(DM, base_of(twin)[len(DM) + 1:]))
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed - {"DOMAINMIX.PSEUDO.WEIGHTS", "OUTPUT_DIR"} == (
+        {"MODEL.BACKBONE.WITH_IBN"} if backbone == "ibn" else
+        {"MODEL.BACKBONE.NAME", "MODEL.BACKBONE.DEPTH", "MODEL.BACKBONE.FEAT_DIM", "MODEL.BACKBONE.WITH_IBN"})
+    assert a["OUTPUT_DIR"] == f"{b['OUTPUT_DIR']}_{backbone}"
+    if b["DOMAINMIX.PSEUDO.WEIGHTS"]:
+        stage1 = b["DOMAINMIX.PSEUDO.WEIGHTS"].split("/")[-2]            # e.g. rp_cuhk
+        expected = _merged(f"{DM}/Stage1/{backbone}/{stage1}.yml")["OUTPUT_DIR"]
+        assert a["DOMAINMIX.PSEUDO.WEIGHTS"] == os.path.join(expected, "model_target_bn.pth")
+    else:
+        assert a["DOMAINMIX.PSEUDO.WEIGHTS"] == ""
+
+
+TAL_ABL = "projects/TAL/configs/Ablations"
+
+
+@pytest.mark.parametrize("row", ["baseline", "tal", "di", "ds"])
+def test_tal_resnet50_rows_equal_their_ibn_rows(row):
+    """Table 3's ResNet-50 rows are the IBN-Net50 rows with WITH_IBN off; the eval-only DS / DI rows
+    load the ResNet-50 TAL that t3_r50_tal.yml trains."""
+    a, b = _merged(f"{TAL_ABL}/t3_r50_{row}.yml"), _merged(f"{TAL_ABL}/t3_ibn_{row}.yml")
+    assert {k for k in a if a[k] != b[k]} == {"MODEL.BACKBONE.WITH_IBN", "OUTPUT_DIR"} | (
+        {"MODEL.WEIGHTS"} if row in ("di", "ds") else set())
+    assert (a["MODEL.BACKBONE.WITH_IBN"], b["MODEL.BACKBONE.WITH_IBN"]) == (False, True)
+    if row in ("di", "ds"):
+        assert a["MODEL.WEIGHTS"] == "output/tal/ablations/t3_r50_tal/model_final.pth"
+
+
+def test_dump_configs_writes_what_train_net_merges(tmp_path):
+    from tools.dump_configs import dump_configs, shipped_configs
+    assert shipped_configs() == CONFIGS
+    config = f"{TAL_ABL}/t3_r50_di.yml"
+    (written,) = dump_configs(str(tmp_path), [config])
+    assert written == str(tmp_path / (config + ".yaml"))
+    from plugins.config import get_dg_cfg
+    with open(written) as f:
+        text = f.read()
+    assert text == get_dg_cfg(os.path.join(REPO, config)).dump()
+    dumped = _flat(CfgNode.load_cfg(text))
+    assert (dumped["MODEL.BACKBONE.WITH_IBN"], dumped["MODEL.TAL.TEST_STREAMS"], dumped["DATASETS.TESTS"],
+            dumped["OUTPUT_DIR"]) == (False, ["di"], ["DG_Market1501"], "output/tal/ablations/t3_r50_di")
+    with pytest.raises(FileNotFoundError) as e:
+        dump_configs(str(tmp_path), ["configs/missing.yml"])
+    assert "while loading configs/missing.yml (tools/dump_configs.py)" in e.value.__notes__
