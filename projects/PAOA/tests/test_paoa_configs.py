@@ -37,7 +37,7 @@ def flat(cfg, prefix=""):
 
 
 def test_configs_cover_the_tables():
-    assert len(PAPER) == 33 and len(SYNTH) == 7   # 6 runs + Base-PAOA-synthetic.yml
+    assert len(PAPER) == 37 and len(SYNTH) == 7   # 32 rows + 5 bases; 6 runs + Base-PAOA-synthetic.yml
     for target in ("C3", "MS", "M"):
         assert {stem(f) for f in PAPER if f"/{target}/" in f} == {
             "paoa", "paoa_plus", "paoa_plus_k2", "paoa_plus_k3", "paoa_plus_k4", "baseline", "aux",

@@ -60,7 +60,7 @@ def _cfg(config, root, *opts):
 
 
 def test_every_config_is_listed():
-    assert len(CONFIGS) == 30 and set(SAME_RUN) <= set(CONFIGS) and set(SAME_RUN.values()) <= set(RUNS)
+    assert len(CONFIGS) == 32 and set(SAME_RUN) <= set(CONFIGS) and set(SAME_RUN.values()) <= set(RUNS)
     assert set(EVAL_ONLY) <= set(CONFIGS) and set(EVAL_ONLY.values()) <= set(RUNS) and len(RUNS) == 16
 
 
@@ -113,8 +113,10 @@ def test_config_builds_a_trainer(config, synthetic_root, tmp_path):
     # QAConv-GS's epoch: one graph batch per training identity (a tiny domain has 8 training and
     # 6 test identities; COMBINEALL trains on both)
     assert trainer.iters_per_epoch == (14 if cfg.DATASETS.COMBINEALL else 8) * len(cfg.DATASETS.NAMES)
-    # K: one expert per source, or per training camera (the tiny benchmark has 3 per domain)
+    # K: one expert per source, or per training camera (the tiny benchmark has 3 per domain);
+    # QAConv-GS (the "base" stream alone) has no experts
     k = 3 if cfg.DATASETS.DOMAIN_LABEL == "camera" else len(cfg.DATASETS.NAMES)
+    k = 0 if list(cfg.MODEL.TAL.STREAMS) == ["base"] else k
     assert type(trainer.model).__name__ == "TAL" and trainer.model.num_domains == k
 
 
