@@ -66,15 +66,19 @@ def methods(only=None):
             out[name] = {"config": cfg, "note": settings.note if settings else "SynthDomain0-2",
                          "variants": dict(settings.variants) if settings else {},
                          "diagnostics": _method_diagnostics(settings),
+                         "variant_diagnostics": {v: _method_diagnostics(settings, c, o, evaluate_only=True)
+                                                 for v, (c, o) in (settings.variants if settings else {}).items()},
                          "differs": settings.differs if settings else ""}
     return out
 
 
-def _method_diagnostics(settings):
-    """The diagnostics of the ablation row that trains the method's own config, if any."""
+def _method_diagnostics(settings, config=None, opts=(), evaluate_only=False):
+    """The diagnostics of the ablation row that runs the method's own config (`config` and `opts`:
+    a test-time variant's, `evaluate_only` True), if any."""
+    config = config or (settings.config if settings else None)
     for ab in (settings.ablations if settings else ()):
         for row in ab.rows:
-            if row.config == settings.config and not row.opts and not row.evaluate_only:
+            if row.config == config and tuple(row.opts) == tuple(opts) and row.evaluate_only == evaluate_only:
                 return tuple(row.diagnostics)
     return ()
 
@@ -91,7 +95,8 @@ def tables(only=None, quick=False):
         if spec.get("differs"):
             notes[name] = "not comparable with the baseline: " + spec["differs"]
         for var, (cfg, opts) in spec["variants"].items():
-            rows.append(Row(var, cfg, tuple(opts), against=name, evaluate_only=True))
+            rows.append(Row(var, cfg, tuple(opts), against=name, evaluate_only=True,
+                            diagnostics=spec.get("variant_diagnostics", {}).get(var, ())))
     out = [(METHODS_TABLE, "Each method beside the common baseline (CE + triplet + BNNeck)", rows, notes)]
     if quick:
         return out

@@ -147,6 +147,8 @@ def test_config_trains_and_evaluates(config, synthetic_root, tmp_path):
         k = 3 if cfg.DATASETS.DOMAIN_LABEL == "camera" else len(cfg.DATASETS.NAMES)
         assert {"dabn_entropy", "dabn_entropy_max", "dabn_routing_acc", "dabn_routing_chance"} <= dabn_keys
         assert scalars["dabn_entropy_max"] == pytest.approx(math.log(k))
+        from tools.diagnostics import tal
+        assert tal(str(tmp_path))["values"]["ln_K"] == pytest.approx(math.log(k))
     log = (tmp_path / "log.txt").read_text()
     losses = set().union(*(EXPECTED_LOSSES[s] for s in cfg.MODEL.TAL.STREAMS))
     if cfg.MODEL.TAL.DS_MATCHER == "voting":
