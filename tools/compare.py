@@ -18,8 +18,12 @@ overrides) is trained once.
 
 Statistics (tools.compare_stats): per-seed differences to the reference row (same seed), their mean
 with a 95% Student-t interval, and a verdict: better / worse / no detectable difference at this
-budget. A row whose diagnostics (tools.diagnostics, read from its run's metrics.json / log.txt)
-show that its mechanism did not act says so instead of a verdict.
+budget. A row whose diagnostics (tools.diagnostics, read from its run's metrics.json / log.txt /
+dg_results.json: ADIN phases and f_N accuracy; PAOA conflict share and |g_aux| / |g_prim|; PAOA+
+relative feature change; PTL target proxy losses; TAL DABN weight entropy and routing accuracy;
+DomainMix clusters, purity / ARI, discriminator accuracy) show that its mechanism did not act says
+so instead of a verdict. A test-time variant (PAOA+) carries the diagnostics of the ablation row
+that evaluates the same config.
 
 Budget: --epochs x --iters-per-epoch iterations of batch 32 per run (20 warm-up), data loaded in the
 training process, on the `shifts` preset of the synthetic benchmark (generated under --root; see
