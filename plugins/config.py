@@ -39,6 +39,7 @@ def add_dg_config(cfg):
     cfg.TEST.ADAPT = CN()
     cfg.TEST.ADAPT.NAME = ""                    # a name in plugins.engine.TEST_ADAPTERS; "" = off
     cfg.TEST.ADAPT.RESET = "batch"              # restore trained weights per "batch" | "never" (cumulative)
+    cfg.TEST.ADAPT.FEATURE_CHANGE = True        # also extract with the trained weights -> "tta_feature_change"
     cfg.TEST.RESULTS_JSON = "dg_results.json"   # written in OUTPUT_DIR
 
     from plugins.evaluation.config import add_evaluation_config

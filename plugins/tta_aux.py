@@ -26,6 +26,9 @@ own share's statistics (as DDP training without SyncBN).
 BatchNorm during the adaptation forward (TEST.ADAPT.BN): "eval" normalises with the stored running
 statistics and leaves them unchanged, so features change only through the optimiser step; "train"
 normalises with the test batch's statistics and updates the running ones (test-time-training style).
+
+Whether the adaptation acted is measured by the engine, for any adapter: `tta_feature_change` in the
+results (plugins/engine/tta.py, TEST.ADAPT.FEATURE_CHANGE).
 """
 import torch
 import torch.distributed as dist

@@ -199,6 +199,9 @@ def test_driver_trains_shared_runs_once_resumes_and_refuses_other_budgets(tmp_pa
     def fake_eval(config, opts, root, trained_dir, seed):
         assert os.path.exists(os.path.join(trained_dir, "model_final.pth"))   # weights kept for the variant
         calls.append(("eval", config, seed))
+        os.makedirs(trained_dir + "_eval", exist_ok=True)   # what the adapter reports (plugins/engine/tta.py)
+        with open(os.path.join(trained_dir + "_eval", "dg_results.json"), "w") as f:
+            json.dump({"splits": {compare.TARGET: {"mAP": 41.0 + seed, "tta_feature_change": 3e-4 + 2e-4 * seed}}}, f)
         return {"mAP": 41.0 + seed, "Rank-1": 51.0, "seconds": 1.0}
     monkeypatch.setattr(compare, "ensure_benchmark", lambda root, preset: None)
     monkeypatch.setattr(compare, "train_once", fake_train)
@@ -212,13 +215,18 @@ def test_driver_trains_shared_runs_once_resumes_and_refuses_other_budgets(tmp_pa
     assert list(res) == ["methods", "PAOA-1", "PAOA-2"]
     rows = {e["name"]: e for e in res["PAOA-1"]["rows"]}
     assert rows["Aux+GC+DTO"]["against"] == "Aux+GC" and rows["Aux+GC+DTO"]["seeds"] == [0, 1]
-    assert rows["Aux+GC+DTO"]["diagnostics"].startswith("the test-time adapter does not log")
+    # PAOA+'s features moved by 3e-4 / 5e-4 of their norm: "did not act", in Table 3 and in the methods table
+    plus = {"PAOA-1": rows["Aux+GC+DTO"], "methods": {e["name"]: e for e in res["methods"]["rows"]}["PAOA+"]}
+    for entry in plus.values():
+        assert entry["acted"] is False and entry["diagnostic_values"]["feature_change"] == pytest.approx(4e-4)
+        assert entry["verdict"].startswith("mechanism did not act: test-time adaptation changed the features by")
     assert not any(f.endswith(".pth") for _, _, fs in os.walk(out) for f in fs)   # checkpoints dropped at the end
     for f in ("results.md", "results.json", "report.md", "methods.png", "PAOA-1.png", "PAOA-2.png"):
         assert os.path.isfile(os.path.join(out, f)), f
     report = open(os.path.join(out, "report.md")).read()
     assert "## Rows whose mechanism did not act" in report and "(benchmark report unavailable: x)" in report
     assert "; 0.2 min of runs in all;" in open(os.path.join(out, "results.md")).read()   # 14 runs x 1 s
+    assert "- Each method beside the common baseline (CE + triplet + BNNeck): PAOA+ — test-time adaptation" in report
     n = len(calls)
     compare.main(["--out", out, "--seeds", "0", "1", "--only", "PAOA"])   # resumed: nothing new
     assert len(calls) == n

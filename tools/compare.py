@@ -18,8 +18,12 @@ overrides) is trained once.
 
 Statistics (tools.compare_stats): per-seed differences to the reference row (same seed), their mean
 with a 95% Student-t interval, and a verdict: better / worse / no detectable difference at this
-budget. A row whose diagnostics (tools.diagnostics, read from its run's metrics.json / log.txt)
-show that its mechanism did not act says so instead of a verdict.
+budget. A row whose diagnostics (tools.diagnostics, read from its run's metrics.json / log.txt /
+dg_results.json: ADIN phases and f_N accuracy; PAOA conflict share and |g_aux| / |g_prim|; PAOA+
+relative feature change; PTL target proxy losses; TAL DABN weight entropy and routing accuracy;
+DomainMix clusters, purity / ARI, discriminator accuracy) show that its mechanism did not act says
+so instead of a verdict. A test-time variant (PAOA+) carries the diagnostics of the ablation row
+that evaluates the same config.
 
 Budget: --epochs x --iters-per-epoch iterations of batch 32 per run (20 warm-up), data loaded in the
 training process, on the `shifts` preset of the synthetic benchmark (generated under --root; see
@@ -66,15 +70,19 @@ def methods(only=None):
             out[name] = {"config": cfg, "note": settings.note if settings else "SynthDomain0-2",
                          "variants": dict(settings.variants) if settings else {},
                          "diagnostics": _method_diagnostics(settings),
+                         "variant_diagnostics": {v: _method_diagnostics(settings, c, o, evaluate_only=True)
+                                                 for v, (c, o) in (settings.variants if settings else {}).items()},
                          "differs": settings.differs if settings else ""}
     return out
 
 
-def _method_diagnostics(settings):
-    """The diagnostics of the ablation row that trains the method's own config, if any."""
+def _method_diagnostics(settings, config=None, opts=(), evaluate_only=False):
+    """The diagnostics of the ablation row that runs the method's own config (`config` and `opts`:
+    a test-time variant's, `evaluate_only` True), if any."""
+    config = config or (settings.config if settings else None)
     for ab in (settings.ablations if settings else ()):
         for row in ab.rows:
-            if row.config == settings.config and not row.opts and not row.evaluate_only:
+            if row.config == config and tuple(row.opts) == tuple(opts) and row.evaluate_only == evaluate_only:
                 return tuple(row.diagnostics)
     return ()
 
@@ -91,7 +99,8 @@ def tables(only=None, quick=False):
         if spec.get("differs"):
             notes[name] = "not comparable with the baseline: " + spec["differs"]
         for var, (cfg, opts) in spec["variants"].items():
-            rows.append(Row(var, cfg, tuple(opts), against=name, evaluate_only=True))
+            rows.append(Row(var, cfg, tuple(opts), against=name, evaluate_only=True,
+                            diagnostics=spec.get("variant_diagnostics", {}).get(var, ())))
     out = [(METHODS_TABLE, "Each method beside the common baseline (CE + triplet + BNNeck)", rows, notes)]
     if quick:
         return out

@@ -1,6 +1,8 @@
 """Proof that a method's mechanism acted in a run (issue #21 item 5), read from the run's own
 files: OUTPUT_DIR/metrics.json (fastreid's JSONWriter: one JSON object per write, every 20
-iterations, holding the latest value of each scalar), log.txt and pseudo-label files.
+iterations, holding each scalar's latest value, or its median over the last 20 iterations when it
+was put with smoothing_hint True, fastreid's default), dg_results.json (evaluation results), log.txt
+and pseudo-label files.
 
 Each diagnostic is `fn(run_dir) -> {"values": {name: number}, "acted": True | False | None,
 "why": str}`; `acted` None means the run holds no evidence either way (the method does not log
@@ -18,6 +20,13 @@ import numpy as np
 MIN_AUX_RATIO = 0.01      # PAOA: |g_aux| / |g_prim| below 1% changes the update by < ~1%
 MIN_LOSS_DROP = 0.05      # PTL: a proxy loss on target images must fall by >= 5% (first vs last fifth)
 MIN_DISC_ABOVE_CHANCE = 0.05   # DomainMix: discriminator accuracy must beat chance by 5 points once
+# PAOA+: the features the evaluator ranks must move by >= 1% of their norm on average. For unit-norm
+# features a relative change eps moves each cosine similarity by at most ~4 eps (both features move,
+# each by <= 2 eps after normalisation), so below 1% only near-ties can swap places in a ranking.
+MIN_FEATURE_CHANGE = 0.01
+# TAL: DABN's mean weight entropy must fall >= 5% below ln K (uniform weights, where DABN starts and
+# equals the experts' average); for K = 3, 0.95 ln 3 is the entropy of weights (0.49, 0.25, 0.25).
+MIN_ENTROPY_DROP = 0.05
 
 
 def read_metrics(run_dir):
@@ -103,9 +112,37 @@ def paoa(run_dir):
                    f"{100 * values['conflict_share']:.0f}% of the steps"}
 
 
+def _results(run_dir, name="dg_results.json"):
+    path = os.path.join(run_dir, name)
+    try:
+        return json.load(open(path))
+    except (OSError, ValueError):
+        return {}
+
+
 def paoa_plus(run_dir):
-    """PAOA+ (test-time adaptation): the relative feature change is not logged by the adapter."""
-    return _none("the test-time adapter does not log the relative feature change (plugins/tta_aux.py)")
+    """PAOA+ (test-time adaptation): the relative change of the ranked features caused by the
+    adaptation, `tta_feature_change` (plugins/engine/tta.py: mean over a test set's images of
+    ||f_adapted - f_trained|| / ||f_trained||), from OUTPUT_DIR/dg_results.json (one value per
+    evaluated test set / split; their mean and minimum), else the last value in metrics.json (a
+    training run evaluating with adaptation). Acted: the mean is at least MIN_FEATURE_CHANGE."""
+    splits = _results(run_dir).get("splits") or {}
+    vals = [float(m["tta_feature_change"]) for m in splits.values()
+            if isinstance(m, dict) and m.get("tta_feature_change") is not None]
+    if not vals:
+        m = read_metrics(run_dir)
+        keys = sorted({k for line in m for k in line if k.split("/")[-1] == "tta_feature_change"})
+        vals = [series(m, k)[-1][1] for k in keys]
+    if not vals:
+        return _none("no tta_feature_change in dg_results.json or metrics.json (no test-time adaptation, "
+                     "or TEST.ADAPT.FEATURE_CHANGE False)")
+    values = {"feature_change": float(np.mean(vals)), "feature_change_min": float(min(vals))}
+    if values["feature_change"] < MIN_FEATURE_CHANGE:
+        return {"values": values, "acted": False,
+                "why": f"test-time adaptation changed the features by {values['feature_change']:.2g} of their norm "
+                       f"(< {MIN_FEATURE_CHANGE}): the adaptation did not act"}
+    return {"values": values, "acted": True,
+            "why": f"test-time adaptation changed the features by {values['feature_change']:.3f} of their norm"}
 
 
 # ---------------------------------------------------------------- PTL
@@ -131,8 +168,31 @@ def ptl(run_dir):
 
 # ---------------------------------------------------------------- TAL
 def tal(run_dir):
-    """DABN weight entropy / per-domain routing accuracy: not logged by the TAL trainer."""
-    return _none("TAL does not log DABN weights or routing accuracy (projects/TAL)")
+    """DABN's domain weights (Eq. 6) as TAL logs them (tal.model.dabn_routing_stats; metrics.json
+    holds each scalar's median over the 20 iterations before a write): mean weight entropy over the
+    last fifth of the logged values against ln K, routing accuracy (share of training samples whose
+    largest weight is their own domain's expert) overall and per expert, and its chance level (the
+    largest expert's share of a batch). Acted: the entropy fell at least MIN_ENTROPY_DROP below ln K."""
+    m = read_metrics(run_dir)
+    ent = [v for _, v in series(m, "dabn_entropy")]
+    if not ent:
+        return _none("no dabn_entropy in metrics.json (no DABN: DS-only, average or BN rows)")
+    log_k = series(m, "dabn_entropy_max")[-1][1]
+
+    def last_fifth(key):
+        vals = [v for _, v in series(m, key)]
+        return float(np.mean(vals[-max(1, len(vals) // 5):]))
+    values = {"dabn_entropy": last_fifth("dabn_entropy"), "ln_K": log_k,
+              "routing_acc": last_fifth("dabn_routing_acc"), "routing_chance": last_fifth("dabn_routing_chance")}
+    for key in sorted({k for line in m for k in line if k.startswith("dabn_routing_acc_e")}):
+        values["routing_acc_" + key[len("dabn_routing_acc_"):]] = last_fifth(key)
+    if values["dabn_entropy"] > (1 - MIN_ENTROPY_DROP) * log_k:
+        return {"values": values, "acted": False,
+                "why": f"DABN weight entropy {values['dabn_entropy']:.3f} is within {100 * MIN_ENTROPY_DROP:.0f}% of "
+                       f"ln K = {log_k:.3f} (uniform): DABN stayed the experts' average"}
+    return {"values": values, "acted": True,
+            "why": f"DABN weight entropy {values['dabn_entropy']:.3f} < ln K = {log_k:.3f}, routing accuracy "
+                   f"{values['routing_acc']:.2f} (chance {values['routing_chance']:.2f})"}
 
 
 # ---------------------------------------------------------------- DomainMix

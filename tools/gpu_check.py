@@ -261,7 +261,7 @@ def part_paoa_plus(ctx):
     torch = ctx.torch
     from fastreid.modeling.meta_arch import build_model
     from plugins.config import get_dg_cfg
-    from plugins.engine.tta import extract
+    from plugins.engine.tta import extract, relative_change
     from plugins.registry import TEST_ADAPTERS
     cfg = get_dg_cfg(os.path.join(REPO, "projects/PAOA/configs/Traditional/paoa_plus.yml"),
                      [*COMMON, "DATASETS.ROOT", ctx.root, *ctx.opts("PAOA")])
@@ -285,7 +285,7 @@ def part_paoa_plus(ctx):
     ctx.sync()
     secs = time.perf_counter() - t0
     after = extract(work, batch)
-    rel = ((after - before).norm(dim=1) / before.norm(dim=1)).float().cpu()
+    rel = relative_change(after, before).cpu()   # what evaluation reports as tta_feature_change
     return [{"part": "paoa_plus", "item": f"adapt {n} images", "status": "ok" if rel.max() > 0 else "FAIL (no change)",
              "metrics": {"images": n, "steps": adapter.steps, "lr": adapter.lr, "adapt_s": secs,
                          "rel_change_mean": float(rel.mean()), "rel_change_max": float(rel.max()),

@@ -12,6 +12,15 @@ copy. TEST.ADAPT.RESET chooses what carries from one batch to the next:
   test set, so adaptation (and an adapter's optimizer state) accumulates over the batches in loader
   order. Each test set / split still starts from the trained weights.
 
+Evidence that adaptation acted (TEST.ADAPT.FEATURE_CHANGE, on by default): every test image is
+also extracted with the trained weights (one more gradient-free forward per batch, two with
+TEST.FLIP), and the results get `tta_feature_change` = mean over the test set's images (query +
+gallery, all processes) of ||f_adapted - f_trained|| / ||f_trained||, where f_adapted is the feature
+the evaluator ranks (the adapted copy's, after that batch's steps) and f_trained the one plain
+evaluation would rank (`relative_change`). Under "batch" this is each batch's change from its own
+steps; under "never" the change accumulated up to that batch. It lands in OUTPUT_DIR/dg_results.json
+(per split, and its mean per target), which tools/diagnostics.py reads.
+
 Batch order, which the cumulative protocol depends on: fastreid's test loader (InferenceSampler, no
 shuffling) yields the query images, then the gallery images, each in the order the dataset lists
 them, in batches of TEST.IMS_PER_BATCH. With several processes each one adapts its own copy on its
@@ -57,6 +66,7 @@ class TestTimeAdapter:
             logger.warning(f"TEST.ADAPT.RESET never with {comm.get_world_size()} processes: each adapts "
                            "on its own shard of the test set, so the features depend on the process count")
         evaluator.reset()
+        change = [0.0, 0] if self.cfg.TEST.ADAPT.FEATURE_CHANGE else None   # sum of ratios, images
         idle = 0
         if comm.get_world_size() > 1:   # batches to join after this rank's shard is exhausted
             counts = comm.all_gather(len(data_loader))
@@ -68,8 +78,29 @@ class TestTimeAdapter:
             with torch.enable_grad():
                 self.adapt(work, None if batch is None else dict(batch, images=batch["images"].clone()))
             if batch is not None:
-                evaluator.process(batch, extract(work, batch, self.cfg.TEST.FLIP.ENABLED))
-        return evaluator.evaluate() or {}
+                feats = extract(work, batch, self.cfg.TEST.FLIP.ENABLED)
+                if change is not None:
+                    ratios = relative_change(feats, extract(source, batch, self.cfg.TEST.FLIP.ENABLED))
+                    change[0] += float(ratios.double().sum())
+                    change[1] += ratios.numel()
+                evaluator.process(batch, feats)
+        if change is not None and comm.get_world_size() > 1:
+            change = [sum(x) for x in zip(*comm.all_gather(change))]
+        results = evaluator.evaluate() or {}
+        if change is not None and change[1] and comm.is_main_process():
+            results["tta_feature_change"] = change[0] / change[1]
+            logger.info(f"test-time adaptation: mean relative feature change {results['tta_feature_change']:.4g} "
+                        f"over {change[1]} images (adapted vs trained weights)")
+        return results
+
+
+def relative_change(after, before, eps=1e-12):
+    """Per-row ||after - before||_2 / ||before||_2 of two [N, D] feature batches -> [N] (a zero
+    `before` row divides by `eps`). The PAOA+ evidence that adaptation acted (issue #21)."""
+    if after.shape != before.shape:
+        raise ValueError(f"relative_change: features of shape {tuple(after.shape)} vs {tuple(before.shape)}")
+    after, before = after.flatten(1).float(), before.flatten(1).float()
+    return (after - before).norm(dim=1) / before.norm(dim=1).clamp_min(eps)
 
 
 def extract(model, batch, flip=False):

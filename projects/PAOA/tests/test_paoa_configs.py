@@ -108,7 +108,13 @@ def test_synthetic_paoa_trains_then_paoa_plus_adapts_on_multi_split_targets(synt
                             "MODEL.WEIGHTS", weights, "DATASETS.TESTS", f'("{paoa_split_target}", "SynthDomain0")',
                             "TEST.ADAPT.STEPS", "2", flags=["--eval-only"])
     assert set(results) == {"PAOATestSplits", "SynthDomain0", "average"}
-    assert set(results_json(tmp_path / "plus")["splits"]) == {"PAOATestSplits@0", "PAOATestSplits@1", "SynthDomain0"}
+    splits = results_json(tmp_path / "plus")["splits"]
+    assert set(splits) == {"PAOATestSplits@0", "PAOATestSplits@1", "SynthDomain0"}
+    # the evidence that adaptation acted, per adapted test set, as tools/diagnostics.py reads it
+    change = [m["tta_feature_change"] for m in splits.values()]
+    assert all(c > 0 for c in change) and "relative feature change" in (tmp_path / "plus" / "log.txt").read_text()
+    from tools.diagnostics import paoa_plus
+    assert paoa_plus(str(tmp_path / "plus"))["values"]["feature_change"] == pytest.approx(sum(change) / 3)
     cache = os.path.join(synthetic_root, "paoa_weak_labels", "contrast", "synthreid", "domain3", "query")
     queries = os.listdir(os.path.join(synthetic_root, "synthreid", "domain3", "query"))
     assert sorted(os.listdir(cache)) == sorted(queries)   # test images got weak labels for the adaptation

@@ -88,6 +88,17 @@ def test_zero_steps_is_plain_evaluation_and_k_counts_steps():
     assert len(calls) == 6
 
 
+@pytest.mark.parametrize("reset", ["batch", "never"])
+def test_feature_change_is_exactly_zero_at_lr_0_unless_bn_statistics_move(reset):
+    """lr 0: Adam moves no weight, so with BN "eval" the adapted features equal the trained ones
+    bit for bit; BN "train" still moves the running statistics, and the measure sees it."""
+    model = tiny_model().eval()
+    still = adapter(steps=2, lr=0.0, reset=reset).evaluate(model, make_batches(), Collect())
+    assert still["tta_feature_change"] == 0.0
+    moved = adapter(steps=2, lr=0.0, reset=reset, bn="train").evaluate(model, make_batches(), Collect())
+    assert moved["tta_feature_change"] > 1e-3
+
+
 def test_reset_per_batch_makes_each_batch_independent():
     model = tiny_model().eval()
     b1, b2 = make_batches(2)
@@ -143,11 +154,15 @@ def test_cumulative_and_per_batch_protocols_follow_adams_closed_form():
     for reset in ("never", "batch"):
         model = LinearAux(w)
         ev = Collect()
-        adapter(steps=1, lr=lr, reset=reset).evaluate(model, batches, ev)
+        results = adapter(steps=1, lr=lr, reset=reset).evaluate(model, batches, ev)
         assert np.array_equal(model.backbone.weight.detach().numpy(), w)   # stored weights untouched
         expected = adam_closed_form(w, data, lr, cumulative=reset == "never")
         for got, exp in zip(ev.out, expected):
             np.testing.assert_allclose(got.numpy(), exp, rtol=1e-10, atol=1e-12)
+        # the logged evidence: mean over images of ||f_adapted - f_trained|| / ||f_trained||
+        change = np.concatenate([np.linalg.norm(exp - x @ w.T, axis=1) / np.linalg.norm(x @ w.T, axis=1)
+                                 for exp, (x, _) in zip(expected, data)])
+        assert results["tta_feature_change"] == pytest.approx(change.mean(), rel=1e-6)
         out[reset] = [f.numpy() for f in ev.out]
     np.testing.assert_array_equal(out["never"][0], out["batch"][0])   # the first batch is the same step
     for later in (1, 2):   # afterwards the cumulative protocol has moved further

@@ -1,9 +1,10 @@
 """PAOA+ under DDP (#16 item 3): fastreid's test loader gives each of N ranks 1/N of a test batch;
 plugins.tta_aux all-reduces each step's gradient weighted by the ranks' image counts, so the
 adapted extractor equals one process's on the joint batch, and a rank whose shard is exhausted
-joins the remaining steps. Two gloo processes against one process."""
+joins the remaining steps; the relative feature change (plugins/engine/tta.py) is the 1-process one. Two gloo processes against one process."""
 import copy
 
+import pytest
 import torch
 
 from tests.engine.ddp_utils import run_gloo
@@ -45,13 +46,13 @@ def run(rank, world_size):
     make_adapter("batch").adapt(work, mine[0])
     params = {k: v.detach().clone() for k, v in work.named_parameters() if k.startswith("backbone.")}
     ev = Collect()
-    make_adapter("never").evaluate(model, mine, ev)
-    return params, ev.out
+    results = make_adapter("never").evaluate(model, mine, ev)
+    return params, ev.out, results
 
 
 def test_two_processes_adapt_as_one_process_on_the_joint_batch():
-    (p1, f1), = run_gloo(run, 1)
-    (pa, fa), (pb, fb) = run_gloo(run, 2)
+    (p1, f1, r1), = run_gloo(run, 1)
+    (pa, fa, ra), (pb, fb, rb) = run_gloo(run, 2)
     for k in p1:
         assert torch.allclose(pa[k], p1[k], atol=1e-6) and torch.equal(pa[k], pb[k]), k
     from paoa_testutils import tiny_model
@@ -63,3 +64,6 @@ def test_two_processes_adapt_as_one_process_on_the_joint_batch():
     assert len(fa) == 2 and len(fb) == 1
     assert torch.allclose(torch.cat([fa[0], fb[0]]), f1[0], atol=1e-5)
     assert torch.allclose(fa[1], f1[1], atol=1e-5)
+    # the relative feature change is the mean over all ranks' images, reported by rank 0 only
+    assert ra["tta_feature_change"] == pytest.approx(r1["tta_feature_change"], rel=1e-4)
+    assert r1["tta_feature_change"] > 0 and "tta_feature_change" not in rb

@@ -8,21 +8,25 @@ Training (one hybrid-source batch, three passes):
   DS, Eq. 2     the batch through all K experts (running statistics, no gradient into the
                 backbone) -> MSDA-QAConv -> loss_ds_hybrid (only MSDA-QAConv learns from it);
   DI, Eq. 5-6   the batch through DABN -> MS-QAConv -> loss_di.
+Logged in training (EventStorage scalars, so in OUTPUT_DIR/metrics.json): DABN's weight entropy
+and routing accuracy (`dabn_routing_stats`), the evidence that Eq. 6 acted (tools/diagnostics.py).
 Inference: the logits of the test streams (DS: MSDA-QAConv over the K experts; DI: MS-QAConv)
 are summed. In eval mode the model returns one flat vector per image (global descriptor + every
 stream's maps); `split_features` and `pair_logits` score pairs from it (tal.evaluation).
 """
 import contextlib
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from fastreid.config import configurable
 from fastreid.modeling.backbones import build_backbone
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
+from fastreid.utils.events import get_event_storage
 from torch import nn
 
-from plugins.dsbn import ADAPTIVE, AVERAGE, DOMAIN, EXPERT, SHARED, convert_dsbn, norm_route
+from plugins.dsbn import ADAPTIVE, AVERAGE, DOMAIN, EXPERT, SHARED, DABN2d, convert_dsbn, norm_route
 from .qaconv import MSDAQAConv, MSQAConv
 
 from .losses import matching_loss
@@ -56,6 +60,44 @@ def _stage_outputs(backbone, x, wanted):
             out[name] = x
             if len(out) == len(wanted):
                 break
+    return out
+
+
+@torch.no_grad()
+def dabn_routing_stats(alphas, experts):
+    """Evidence that DABN's domain attention (Eq. 6) acted, from the weights of one batch.
+
+    Args:
+        alphas: [L x [N, K]]: alpha of each DABN layer l run on the batch (rows sum to 1).
+        experts: [N] long: each sample's own expert (its source domain's, `TAL.expert_ids`).
+    Returns {name: float}:
+        dabn_entropy: mean over layers and samples of H(alpha) = -sum_i alpha_i ln alpha_i (nats);
+        dabn_entropy_max: ln K, the entropy of uniform weights (DABN = the experts' average; where
+            DABN starts, its last FC being zero);
+        dabn_routing_acc: share of (layer, sample) pairs whose largest weight is the sample's own
+            expert (ties go to the lowest index, so uniform weights score expert 0's share);
+        dabn_routing_acc_e{k}: the same over the samples of expert k, for each k in the batch;
+        dabn_routing_chance: the largest expert's share of the batch (a router that always picks
+            one expert scores at most this).
+    """
+    if not alphas:
+        raise ValueError("dabn_routing_stats: no DABN weights (no DABN layer ran)")
+    a = torch.stack([x.float() for x in alphas])                         # [L, N, K]
+    if a.shape[1] != experts.numel():
+        raise ValueError(f"dabn_routing_stats: {a.shape[1]} samples of weights, {experts.numel()} expert ids")
+    num_experts = a.shape[2]
+    experts = experts.to(a.device).long().view(1, -1)
+    entropy = -torch.special.xlogy(a, a).sum(dim=2)                      # [L, N]
+    hit = (a.argmax(dim=2) == experts).float()                          # [L, N]
+    counts = torch.bincount(experts.view(-1), minlength=num_experts)
+    per_expert = torch.zeros(num_experts, device=a.device).index_add_(0, experts.view(-1), hit.sum(0))
+    values = torch.cat([torch.stack([entropy.mean(), hit.mean(), counts.max() / counts.sum()]),
+                        per_expert / (counts * a.shape[0]).clamp_min(1)]).tolist()   # one host sync
+    out = {"dabn_entropy": values[0], "dabn_entropy_max": math.log(num_experts),
+           "dabn_routing_acc": values[1], "dabn_routing_chance": values[2]}
+    for k, n in enumerate(counts.tolist()):
+        if n:
+            out[f"dabn_routing_acc_e{k}"] = values[3 + k]
     return out
 
 
@@ -204,9 +246,37 @@ class TAL(nn.Module):
                 _, order, segments = self._by_expert(batched_inputs["domains"])
                 self.maps(images[order], (DOMAIN, segments))
         if "di" in self.streams:
-            maps = self.maps(images, (DI_ROUTES[self.di_norm], None))
+            with self._logging_dabn_weights(batched_inputs):
+                maps = self.maps(images, (DI_ROUTES[self.di_norm], None))
             losses["loss_di"] = self._loss(self.di_matcher(maps, maps), targets)
         return losses
+
+    @contextlib.contextmanager
+    def _logging_dabn_weights(self, batched_inputs):
+        """Around the DI pass with DABN in a training loop: records every DABN layer's alpha
+        (Eq. 6, recomputed from the layer's input without gradient) and puts `dabn_routing_stats`
+        of them into the EventStorage. Nothing is recorded outside a training loop, or without DABN."""
+        try:
+            storage = get_event_storage() if self.di_norm == "dabn" else None
+        except AssertionError:   # no EventStorage: not in a training loop
+            storage = None
+        if storage is None:
+            yield
+            return
+        alphas = []
+
+        def record(layer, inputs, _output):
+            if layer.route[0] == ADAPTIVE:
+                with torch.no_grad():
+                    alphas.append(layer.domain_weights(inputs[0]).float())
+        handles = [m.register_forward_hook(record) for m in self.modules() if isinstance(m, DABN2d)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+        if alphas:
+            storage.put_scalars(**dabn_routing_stats(alphas, self.expert_ids(batched_inputs["domains"])))
 
     def _loss(self, scores, targets, valid=None):
         return matching_loss(self.loss_kind, scores, targets, self.margin, valid)

@@ -1,6 +1,8 @@
 """Every shipped config: loaded, merged and built into a trainer; every distinct code path trained
 for one tiny epoch and evaluated end to end on the synthetic benchmark."""
 import glob
+import json
+import math
 import os
 
 import pytest
@@ -138,6 +140,17 @@ def test_config_trains_and_evaluates(config, synthetic_root, tmp_path):
     assert bool(last_fc) == dabn
     # (DABNs past the last matched scale get no gradient: some, not all, must have moved)
     assert not dabn or any(float(w.abs().max()) > 0 for w in last_fc)
+    # DABN's evidence reaches metrics.json (what tools/diagnostics.py reads): entropy, ln K, routing
+    scalars = {k: v for line in (tmp_path / "metrics.json").read_text().splitlines()
+               for k, v in json.loads(line).items()}
+    dabn_keys = {k for k in scalars if k.startswith("dabn_")}
+    assert bool(dabn_keys) == dabn
+    if dabn:
+        k = 3 if cfg.DATASETS.DOMAIN_LABEL == "camera" else len(cfg.DATASETS.NAMES)
+        assert {"dabn_entropy", "dabn_entropy_max", "dabn_routing_acc", "dabn_routing_chance"} <= dabn_keys
+        assert scalars["dabn_entropy_max"] == pytest.approx(math.log(k))
+        from tools.diagnostics import tal
+        assert tal(str(tmp_path))["values"]["ln_K"] == pytest.approx(math.log(k))
     log = (tmp_path / "log.txt").read_text()
     losses = set().union(*(EXPECTED_LOSSES[s] for s in cfg.MODEL.TAL.STREAMS))
     if cfg.MODEL.TAL.DS_MATCHER == "voting":
