@@ -1,0 +1,192 @@
+"""Issue #19 item 4: TAL's evaluation and graph building with the test maps in an on-disk store,
+the gallery on the device under TAL.EVAL.DEVICE_MEMORY_MB, no full gather under DDP. Every result
+is compared with the previous in-memory path (all maps in RAM, the whole gallery on the device),
+which scores the same blocks in the same order: equal bit for bit."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import plugins  # noqa: F401
+from fastreid.modeling.meta_arch import build_model
+from plugins.config import get_dg_cfg
+from plugins.evaluation import DGReidEvaluator, evaluate_rank_dist_fn
+from plugins.evaluation.feature_store import FeatureStore
+from tests.e2e_utils import REPO, TINY
+from tests.engine.ddp_utils import run_gloo
+
+from tal.evaluation import TALEvaluator, qaconv_dist_fn
+
+SYNTH = os.path.join(REPO, "projects/TAL/configs/Synthetic/tal.yml")
+SMALL = ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.TAL.NUM_DOMAINS", "3",
+         "MODEL.TAL.NECK_DIM", "16", "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False"]
+N, NUM_QUERY = 26, 9
+
+
+def _cfg(out, *opts):
+    return get_dg_cfg(SYNTH, [*SMALL, "OUTPUT_DIR", str(out), *opts])
+
+
+def _model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return build_model(cfg).eval()
+
+
+def _data(model, n=N, seed=1):
+    """Random flat eval outputs (unit-norm maps) and labels: each id in several cameras."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for name, shape in model.feature_layout():
+        x = torch.randn(n, *shape, generator=g)
+        parts.append(torch.nn.functional.normalize(x, dim=1 if name == "global" else -3).flatten(1))
+    return torch.cat(parts, 1), torch.arange(n) % 5, (torch.arange(n) // 5) % 3
+
+
+class InMemory(TALEvaluator):
+    """The previous path: maps kept in RAM (FEATURE_DTYPE), gallery entirely on the device."""
+
+    def process(self, inputs, outputs):
+        self._predictions.append({"feats": outputs.to("cpu", self.dtype), "pids": inputs["targets"],
+                                  "camids": inputs["camids"]})
+
+    def _collect(self):
+        return DGReidEvaluator._collect(self)
+
+    def rank(self, q_feat, g_feat, q_pids, g_pids, q_camids, g_camids):
+        e = self.cfg.TAL.EVAL
+        fn = qaconv_dist_fn(self.model, q_feat, g_feat, e.MEMORY_MB, e.TOPK, True, None)
+        return evaluate_rank_dist_fn(fn, q_pids, g_pids, q_camids, g_camids,
+                                     chunk_size=self.cfg.TEST.CHUNK_SIZE, prefetch=True)
+
+
+def _run(cls, cfg, model, feats, pids, cams, bounds=(0, N), batch=4):
+    ev = cls(cfg, NUM_QUERY, model)
+    ev.reset()
+    for s in range(bounds[0], bounds[1], batch):
+        e = min(bounds[1], s + batch)
+        ev.process({"targets": pids[s:e], "camids": cams[s:e]}, feats[s:e])
+    return dict(ev.evaluate()), ev
+
+
+# memory budgets: a scoring block of ~3 pairs, 4 query rows per chunk; the device holds 0, 5 or all
+# gallery rows (17 with N - NUM_QUERY)
+@pytest.mark.parametrize("opts", [
+    ("TAL.EVAL.FEATURE_DTYPE", "float32", "TAL.EVAL.DEVICE_MEMORY_MB", "5.0"),
+    ("TAL.EVAL.FEATURE_DTYPE", "float16", "TAL.EVAL.GALLERY_ON_DEVICE", "False"),
+    ("TAL.EVAL.FEATURE_DTYPE", "float16", "TAL.EVAL.DEVICE_MEMORY_MB", "1000.0", "TAL.EVAL.TOPK", "6"),
+])
+def test_store_evaluation_equals_the_in_memory_path(tmp_path, opts):
+    cfg = _cfg(tmp_path, "TEST.CHUNK_SIZE", "4", *opts)
+    model = _model(cfg)
+    feats, pids, cams = _data(model)
+    row_bytes = feats.shape[1] * (4 if cfg.TAL.EVAL.FEATURE_DTYPE == "float32" else 2)
+    cfg.TAL.EVAL.MEMORY_MB = model.pair_bytes() * 3 / 2 ** 20
+    if cfg.TAL.EVAL.DEVICE_MEMORY_MB == 5:
+        cfg.TAL.EVAL.DEVICE_MEMORY_MB = (5.5 * row_bytes) / 2 ** 20      # 5 rows fit, not 6
+    new, ev = _run(TALEvaluator, cfg, model, feats, pids, cams)
+    old, _ = _run(InMemory, cfg, model, feats, pids, cams)
+    assert new == pytest.approx(old, abs=0) and 0 < new["mAP"] < 100
+    stats, g = ev.last_stats, N - NUM_QUERY
+    if cfg.TAL.EVAL.TOPK:
+        assert stats["resident_rows"] == g and stats["streamed_rows"] == 0
+    elif cfg.TAL.EVAL.GALLERY_ON_DEVICE:
+        assert stats["resident_rows"] == 5 and stats["resident_bytes"] == 5 * row_bytes
+        assert stats["resident_bytes"] <= cfg.TAL.EVAL.DEVICE_MEMORY_MB * 2 ** 20
+    else:
+        assert stats["resident_rows"] == 0
+    assert os.listdir(tmp_path) == []          # the store's temporary directory is removed
+
+
+def test_device_budget_streams_every_uncached_gallery_row_once_per_block_row(tmp_path):
+    cfg = _cfg(tmp_path)
+    model = _model(cfg)
+    feats = _data(model, 12)[0].half()
+    store = FeatureStore(tmp_path / "s.bin", torch.float16)
+    store.append(feats)
+    rows = store.open()
+    q, g = rows[:4], rows[4:]                                        # 4 queries, 8 gallery rows
+    budget = model.pair_bytes() * 8 / 2 ** 20                        # blocks of 2 queries x 4 gallery rows
+    ref = qaconv_dist_fn(model, feats[:4], feats[4:], budget, 0, True, None)(0, 4)   # previous path
+    for resident, streamed in ((8, 0), (3, 2 * 5), (0, 2 * 8)):     # 2 block rows x uncached rows
+        fn = qaconv_dist_fn(model, q, g, budget, 0, True, (resident + 0.5) * g.row_bytes / 2 ** 20)
+        assert torch.equal(fn(0, 4), ref)
+        assert fn.stats == {"resident_rows": resident, "resident_bytes": resident * g.row_bytes,
+                            "streamed_rows": streamed}
+    rows.close()
+
+
+def _ddp_worker(rank, world_size, out, force_stream):
+    import tal.evaluation as te
+    from plugins.evaluation.feature_store import FeatureStoreError
+    cfg = _cfg(os.path.join(out, f"rank{rank}"), "TEST.CHUNK_SIZE", "4", "TAL.EVAL.FEATURE_DTYPE", "float16",
+               "TAL.EVAL.DEVICE_MEMORY_MB", "0.0005", "TAL.EVAL.STORE_DIR", os.path.join(out, "store"))
+    model = _model(cfg)
+    feats, pids, cams = _data(model)
+    if force_stream:   # process 0 cannot see the shards (several machines, local disks)
+        def unseen(*a, **k):
+            raise FeatureStoreError(2, "not visible")
+        te.MappedRows = unseen
+    bounds = [0, 13, N] if world_size == 2 else [0, N]   # uneven shards, split inside the gallery
+    res, ev = _run(TALEvaluator, cfg, model, feats, pids, cams, (bounds[rank], bounds[rank + 1]), batch=3)
+    left = os.listdir(os.path.join(out, "store"))
+    return res, ev.shared_store, left
+
+
+@pytest.mark.parametrize("force_stream", [False, True])
+def test_two_processes_equal_one_without_gathering_the_maps(tmp_path, force_stream):
+    cfg = _cfg(tmp_path, "TEST.CHUNK_SIZE", "4", "TAL.EVAL.FEATURE_DTYPE", "float16")
+    model = _model(cfg)
+    old, _ = _run(InMemory, cfg, model, *_data(model))
+    (two0, shared0, left0), (two1, shared, left1) = run_gloo(_ddp_worker, 2, str(tmp_path / "two"), force_stream)
+    assert two0 == pytest.approx(old, abs=0) and two1 == {}     # 1 process: the tests above
+    assert shared0 == shared == (not force_stream)
+    assert left0 == []    # process 0 removed its directory; process 1 removed its own earlier
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_graph_distance_through_the_store_equals_the_in_memory_path(synthetic_root, tmp_path, dtype):
+    """TALTrainer.graph_distance (maps in the store, 4 gallery rows on the device) against scoring
+    the extracted maps held in RAM; float32 is the previous graph path itself."""
+    from types import SimpleNamespace
+    from fastreid.evaluation.evaluator import inference_context
+    from plugins.data import build_dg_train_set
+    from tal.trainer import TALTrainer, extract_all
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, *TINY, *SMALL, "OUTPUT_DIR", str(tmp_path),
+                             "TAL.EVAL.FEATURE_DTYPE", dtype])
+    model = _model(cfg)
+    items = build_dg_train_set(cfg).img_items
+    idx = list(range(0, len(items), 9))
+    feats = extract_all(cfg, model, [items[i] for i in idx])
+    cfg.TAL.EVAL.DEVICE_MEMORY_MB = 4.5 * feats.shape[1] * feats.element_size() / 2 ** 20 / (2 if dtype == "float16" else 1)
+    cfg.TAL.EVAL.MEMORY_MB = model.pair_bytes() * 20 / 2 ** 20
+    trainer = SimpleNamespace(model=model, cfg=cfg, _trainer=SimpleNamespace(
+        data_loader=SimpleNamespace(dataset=SimpleNamespace(img_items=items))))
+    got = TALTrainer.graph_distance(trainer, idx)
+    feats = feats.to(getattr(torch, dtype))
+    with inference_context(model):
+        ref = qaconv_dist_fn(model, feats, feats, cfg.TAL.EVAL.MEMORY_MB, 0, True)(0, len(idx))
+    assert got.shape == (len(idx), len(idx)) == (16, 16) and torch.equal(got, ref)
+    assert os.listdir(tmp_path) == []     # the graph's store directory is removed
+
+
+def test_tiny_preset_evaluation_equals_the_in_memory_path(synthetic_root, tmp_path):
+    """A real test set (tiny preset, SynthDomain3) through TALTrainer's evaluator, float16 maps,
+    3 gallery rows on the device, against the previous path on the same extracted maps."""
+    from plugins.engine.tta import run_inference
+    from tal.trainer import TALTrainer
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, *TINY, *SMALL, "OUTPUT_DIR", str(tmp_path),
+                             "TAL.EVAL.FEATURE_DTYPE", "float16", "TEST.CHUNK_SIZE", "16"])
+    model = _model(cfg)
+    TALTrainer._scoring_model = model
+    try:
+        loader, ev = TALTrainer.build_evaluator(cfg, "SynthDomain3")
+    finally:
+        TALTrainer._scoring_model = None
+    row_bytes = 2 * sum(int(torch.Size(s).numel()) for _, s in model.feature_layout())   # float16
+    cfg.TAL.EVAL.DEVICE_MEMORY_MB = 3.5 * row_bytes / 2 ** 20
+    new = dict(run_inference(model, loader, ev))
+    old = dict(run_inference(model, loader, InMemory(cfg, ev._num_query, model)))
+    assert new == pytest.approx(old, abs=0) and 0 < new["mAP"] < 100
+    assert ev.last_stats["resident_rows"] == 3 and ev.last_stats["streamed_rows"] > 0
+    assert os.listdir(tmp_path) == []
