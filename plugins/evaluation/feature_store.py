@@ -30,7 +30,7 @@ import torch
 __all__ = ["FeatureStore", "FeatureStoreError", "MappedRows", "TensorRows", "RowRange", "as_rows",
            "WINDOW_BYTES", "DTYPES"]
 
-WINDOW_BYTES = 256 << 20   # mapped bytes a reader may keep resident before dropping them
+WINDOW_BYTES = 64 << 20    # mapped bytes a reader may keep resident before dropping them
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _NP = {torch.float16: np.float16, torch.float32: np.float32}
 

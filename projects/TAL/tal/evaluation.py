@@ -86,6 +86,8 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
     pair_bytes = model.pair_bytes()
     row_bytes = g_src.row_bytes
     map_bytes = 4 * (g_src.shape[1] - dg)
+    # a block's own maps: the stored row read, its float32 copy and the matcher's reshaped copy
+    item_bytes = row_bytes + 2 * 4 * g_src.shape[1]
     io_rows = max(1, int(memory_mb * 2 ** 20 // max(1, row_bytes)))   # rows per copy into the cache
     if not gallery_on_device:
         resident = 0
@@ -123,7 +125,7 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
     def all_pairs(q, c):
         return blockwise_scores(lambda p0, p1, g0, g1: model.pair_logits(
             _rows(q, p0, p1), gallery_block(g0, g1)).float().cpu(),
-            c, num_g, pair_bytes, memory_mb).neg_()
+            c, num_g, pair_bytes, memory_mb, bytes_per_item=item_bytes).neg_()
 
     def shortlist(q, c, k):
         gdist = 1.0 - q["global"] @ g_global.t()                           # cosine, in [0, 2]

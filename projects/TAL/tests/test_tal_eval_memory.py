@@ -17,6 +17,7 @@ from tests.e2e_utils import REPO, TINY
 from tests.engine.ddp_utils import run_gloo
 
 from tal.evaluation import TALEvaluator, qaconv_dist_fn
+from tal.qaconv import block_shape
 
 SYNTH = os.path.join(REPO, "projects/TAL/configs/Synthetic/tal.yml")
 SMALL = ["INPUT.SIZE_TRAIN", "[32, 16]", "INPUT.SIZE_TEST", "[32, 16]", "MODEL.TAL.NUM_DOMAINS", "3",
@@ -106,7 +107,9 @@ def test_device_budget_streams_every_uncached_gallery_row_once_per_block_row(tmp
     store.append(feats)
     rows = store.open()
     q, g = rows[:4], rows[4:]                                        # 4 queries, 8 gallery rows
-    budget = model.pair_bytes() * 8 / 2 ** 20                        # blocks of 2 queries x 4 gallery rows
+    item = g.row_bytes + 8 * g.shape[1]        # a block's maps per item: stored row + 2 float32 copies
+    budget = 12 * item / 2 ** 20               # 6 items in half of it: blocks of 3 queries x 3 gallery rows
+    assert block_shape(4, 8, model.pair_bytes(), budget, item) == (3, 3)
     ref = qaconv_dist_fn(model, feats[:4], feats[4:], budget, 0, True, None)(0, 4)   # previous path
     for resident, streamed in ((8, 0), (3, 2 * 5), (0, 2 * 8)):     # 2 block rows x uncached rows
         fn = qaconv_dist_fn(model, q, g, budget, 0, True, (resident + 0.5) * g.row_bytes / 2 ** 20)
