@@ -31,7 +31,7 @@ from fastreid.utils import comm
 
 from plugins.distributed import broadcast_object
 from plugins.evaluation import DEFAULT_CHUNK_SIZE, DGReidEvaluator, evaluate_rank_dist_fn
-from plugins.evaluation.feature_store import FeatureStore, FeatureStoreError, MappedRows, as_rows
+from plugins.evaluation.feature_store import FeatureStore, FeatureStoreError, MappedRows, TensorRows, as_rows
 from plugins.evaluation.gather import CHUNK_BYTES, gather_rows
 from .qaconv import blockwise_scores
 
@@ -95,7 +95,10 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
         resident = num_g
     else:
         resident = min(num_g, int(device_memory_mb * 2 ** 20 // max(1, row_bytes)))
-    cache = _copy_rows(g_src, 0, resident, device, io_rows)
+    if isinstance(g_src, TensorRows) and resident == num_g:   # in-memory gallery: moved once (no copy if there)
+        cache = g_src.tensor.to(device)
+    else:
+        cache = _copy_rows(g_src, 0, resident, device, io_rows)
     stats = {"resident_rows": resident, "resident_bytes": resident * row_bytes, "streamed_rows": 0}
     g_global = None
     if 0 < topk < num_g:   # the shortlist's global descriptors [G, Dg], float32 on the device
