@@ -9,8 +9,9 @@ that are views of the mapping (`block`: no copy within one file) or gathered cop
 Host memory. Writing goes through a small buffered file (the data lands in the page cache, not in
 the process). Reading touches mapped pages, which count in the process's resident set until they
 are unmapped; `MappedRows` drops them (madvise MADV_DONTNEED: the data stays in the page cache
-and is re-read on the next access, so earlier views stay valid) once more than `window_bytes`
-have been touched, so its resident share stays near `window_bytes` whatever the store's size.
+and is re-read on the next access, so earlier views stay valid) before a read would take the
+rows read since the last drop over `window_bytes`, so its resident share stays within
+`window_bytes` plus one block whatever the store's size.
 
 `as_rows(x)` gives tensors the same interface (`TensorRows`), so scoring code reads either.
 
@@ -206,9 +207,11 @@ class MappedRows(_Rows):
         self.drops = 0            # times the mapped pages were dropped
 
     def _touch(self, nbytes):
-        self.touched += nbytes
-        if self.touched > self.window_bytes:
+        """Account for `nbytes` about to be read: first drop what was read before if the window
+        would overflow (the mapped resident set stays within window_bytes + one block)."""
+        if self.touched and self.touched + nbytes > self.window_bytes:
             self.drop()
+        self.touched += nbytes
 
     def drop(self):
         """Unmap the touched pages from this process (the file data stays in the page cache)."""
@@ -221,10 +224,10 @@ class MappedRows(_Rows):
         if not 0 <= a <= b <= len(self):
             raise IndexError(f"rows {a}:{b} out of 0:{len(self)}")
         parts = []
+        self._touch((b - a) * self.row_bytes)
         for i, (s, e) in enumerate(zip(self.starts, self.starts[1:])):
             if s < b and e > a:
                 parts.append(self._arrays[i][max(a, s) - s:min(b, e) - s])
-        self._touch((b - a) * self.row_bytes)
         if not parts:
             return torch.empty((0, *self.shape[1:]), dtype=self.dtype)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -232,6 +235,7 @@ class MappedRows(_Rows):
     def take(self, index):
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         out = torch.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        self._touch(out.numel() * out.element_size())
         if len(index):
             if int(index.min()) < 0 or int(index.max()) >= len(self):
                 raise IndexError(f"row index out of 0:{len(self)}")
@@ -239,7 +243,6 @@ class MappedRows(_Rows):
             for i in shard.unique().tolist():
                 sel = (shard == i).nonzero().squeeze(1)
                 out[sel] = self._arrays[i][index[sel] - self.starts[i]]
-        self._touch(out.numel() * out.element_size())
         return out
 
     def close(self):

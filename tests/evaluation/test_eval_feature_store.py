@@ -51,8 +51,9 @@ def test_several_files_map_as_one_matrix_and_pages_are_dropped(tmp_path):
     assert rows.shape == (10, 2, 3)
     assert torch.equal(rows.block(2, 7), data[2:7])          # spans two files: copied
     assert torch.equal(rows.take([9, 0, 4, 3]), data[[9, 0, 4, 3]])
-    assert rows.drops == 2                                     # 5 rows then 4 rows: over 3 each time
+    assert rows.drops == 1 and rows.touched == 4 * 24          # 5 rows read, then 4 more: the 5 dropped first
     assert torch.equal(rows.block(0, 10), data)                # data re-read after the drops
+    assert rows.drops == 2 and rows.touched == 10 * 24
     with pytest.raises(FeatureStoreError, match=f"feature store {paths[1]}: token .* is not the writer's x"):
         MappedRows(paths, tokens=[tokens[0], "x", tokens[2]])
     assert torch.equal(as_rows(data).block(1, 3), data[1:3]) and torch.equal(as_rows(data).take([2]), data[[2]])

@@ -88,7 +88,8 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
     map_bytes = 4 * (g_src.shape[1] - dg)
     # a block's own maps: the stored row read, its float32 copy and the matcher's reshaped copy
     item_bytes = row_bytes + 2 * 4 * g_src.shape[1]
-    io_rows = max(1, int(memory_mb * 2 ** 20 // max(1, row_bytes)))   # rows per copy into the cache
+    # rows per read when filling the cache / the global descriptors: a quarter of the block budget
+    io_rows = max(1, int(memory_mb * 2 ** 20 // 4 // max(1, row_bytes)))
     if not gallery_on_device:
         resident = 0
     elif device_memory_mb is None:
