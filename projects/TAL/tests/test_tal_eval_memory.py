@@ -193,3 +193,54 @@ def test_tiny_preset_evaluation_equals_the_in_memory_path(synthetic_root, tmp_pa
     assert new == pytest.approx(old, abs=0) and 0 < new["mAP"] < 100
     assert ev.last_stats["resident_rows"] == 3 and ev.last_stats["streamed_rows"] > 0
     assert os.listdir(tmp_path) == []
+
+
+def test_memory_bench_worker_and_extrapolation(tmp_path, monkeypatch):
+    """`make bench`'s TAL memory part: one worker run in this process at the paper layout (tiny
+    sizes), and the extrapolation arithmetic on canned measurements."""
+    from tools import load_project_tool
+    bench = load_project_tool("TAL", "bench")
+    row = 394240   # float16 bytes per image at Protocol2/tal_to_MS.yml's layout (K = 3, 24x8, 128 ch)
+    r = bench._evaluation_worker("store", 1, 3, "cpu", 64, 1.5 * row / 2 ** 20, str(tmp_path))
+    assert r["row_bytes"] == row and r["resident_gallery_mb"] == 1 * row / 2 ** 20 and r["queries"] == 1
+    r = bench._evaluation_worker("previous", 1, 3, "cpu", 64, 1.5 * row / 2 ** 20, str(tmp_path))
+    assert r["resident_gallery_mb"] == 3 * row / 2 ** 20          # the previous path: all of it
+    assert os.listdir(tmp_path) == []
+
+    def canned(kind, **kw):
+        if kind == "ranking":
+            return {"peak_rss_mb": 100.0 if kw["gallery"] == 15913 else 300.0}
+        grow = {"store": 0.01, "previous": 0.8}[kw["path"]]
+        return {"peak_rss_mb": 400.0 + grow * kw["gallery"], "process_peak_rss_mb": 1.0,
+                "resident_gallery_mb": 256.0, "pairs_per_s": 100.0, "device_peak_mb": None}
+    monkeypatch.setattr(bench, "in_subprocess", canned)
+    out = bench.memory_bench("cpu", (800, 1600), 1, 256, 256, str(tmp_path))
+    # store: 400 + 0.01 x 15,913 + ranking 100; previous: 400 + 0.8 x (3,368 + 15,913 - 1) + 100
+    assert out["extrapolated store, Market-1501 3368 x 15913: peak RSS MB"] == pytest.approx(400 + 159.13 + 100)
+    assert out["extrapolated previous, Market-1501 3368 x 15913: peak RSS MB"] == \
+        pytest.approx(400 + 0.8 * (3368 + 15913 - 1) + 100)
+    assert out["extrapolated store, MSMT17 11659 x 82161: peak RSS MB"] == pytest.approx(400 + 821.61 + 300)
+    assert out["extrapolated previous, MSMT17: gallery MB resident on the device"] == pytest.approx(82161 * row / 2 ** 20)
+    assert out["extrapolated store, MSMT17: gallery MB resident on the device"] == 256
+    assert out["MSMT17: store on disk GB (float16)"] == pytest.approx(93820 * row / 1e9)
+
+
+def test_shortlist_tradeoff_reads_the_store(synthetic_root, tmp_path):
+    """`TAL bench --shortlist` ranks the stored maps once per top-k; top-k >= gallery = all pairs."""
+    from tools import load_project_tool
+    bench = load_project_tool("TAL", "bench")
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False"])
+    torch.manual_seed(0)
+    path = str(tmp_path / "tal.pth")
+    torch.save(build_model(cfg).state_dict(), path)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)   # the config's relative OUTPUT_DIR: the store's temporary directory goes here
+    try:
+        rows = bench.shortlist_tradeoff(SYNTH, path, synthetic_root, [0, 10 ** 6], targets=["SynthDomain3"])
+    finally:
+        os.chdir(cwd)
+    assert [r["topk"] for r in rows] == [0, 10 ** 6]
+    assert rows[0]["mAP"] == rows[1]["mAP"] and rows[0]["Rank-1"] == rows[1]["Rank-1"]
+    assert rows[0]["queries"] > 0 and rows[0]["gallery"] > 0
+    left = [p for _, dirs, _ in os.walk(tmp_path) for p in dirs if p.startswith("tal_eval_store_")]
+    assert left == []

@@ -185,7 +185,7 @@ def _evaluation_worker(path, queries, gallery, device, memory_mb, device_memory_
                                        str(float(device_memory_mb)), "TAL.EVAL.STORE_DIR", store_dir,
                                        "OUTPUT_DIR", store_dir, "TEST.CHUNK_SIZE", "256"])
     ev = (TALEvaluator if path == "store" else _previous_evaluator())(cfg, queries, model)
-    n, times = queries + gallery, {}
+    n, times, m = queries + gallery, {}, max(1, min(50, gallery))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -196,7 +196,8 @@ def _evaluation_worker(path, queries, gallery, device, memory_mb, device_memory_
         for a in range(0, n, batch):
             b = min(n, a + batch)
             ids = torch.arange(a, b)
-            ev.process({"targets": ids % 50, "camids": ids % 6}, random_features(model, b - a, a, device))
+            # ids cycle over m: query 0's identity reappears at row m, seen by another camera
+            ev.process({"targets": ids % m, "camids": (ids // m) % 6}, random_features(model, b - a, a, device))
     _, times["process"], peak_p, before_gb = _phase(process)
     _, times["evaluate"], peak_e, _ = _phase(ev.evaluate)
     row_bytes = sum(int(torch.Size(s).numel()) for _, s in model.feature_layout()) * \
