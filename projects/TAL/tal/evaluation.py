@@ -41,10 +41,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 STORE_HINT = "set TAL.EVAL.STORE_DIR to a writable directory with room for the test maps"
 
 
-def _rows(parts, a, b):
-    return {k: v[a:b] if k == "global" else [m[a:b] for m in v] for k, v in parts.items()}
-
-
 def store_directory(cfg, prefix):
     """A fresh temporary directory for a feature store inside TAL.EVAL.STORE_DIR (default
     OUTPUT_DIR, "." without one); the caller removes it. Raises FeatureStoreError naming the
@@ -126,13 +122,22 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
             stats["streamed_rows"] += len(miss)
         return model.split_features(x.to(torch.float32))
 
-    def all_pairs(q, c):
-        return blockwise_scores(lambda p0, p1, g0, g1: model.pair_logits(
-            _rows(q, p0, p1), gallery_block(g0, g1)).float().cpu(),
-            c, num_g, pair_bytes, memory_mb, bytes_per_item=item_bytes).neg_()
+    def queries(a0, a1):        # split features of queries a0..a1-1
+        return model.split_features(q_src.block(a0, a1).to(device, torch.float32))
 
-    def shortlist(q, c, k):
-        gdist = 1.0 - q["global"] @ g_global.t()                           # cosine, in [0, 2]
+    def all_pairs(a, c):
+        held = {}   # the current block row's query maps (read once per block row, not per chunk)
+
+        def score(p0, p1, g0, g1):
+            if held.get("rows") != (p0, p1):
+                held["rows"], held["q"] = (p0, p1), queries(a + p0, a + p1)
+            return model.pair_logits(held["q"], gallery_block(g0, g1)).float().cpu()
+        return blockwise_scores(score, c, num_g, pair_bytes, memory_mb, bytes_per_item=item_bytes).neg_()
+
+    def shortlist(a, c, k):
+        q_global = torch.cat([q_src.block(s, min(a + c, s + io_rows))[:, :dg].to(device, torch.float32)
+                              for s in range(a, a + c, io_rows)])
+        gdist = 1.0 - q_global @ g_global.t()                              # cosine, in [0, 2]
         cand = gdist.topk(k, dim=1, largest=False).indices                  # [c, k]
         rows = max(1, int(memory_mb * 2 ** 20 // (k * (pair_bytes + map_bytes))))
         short = torch.empty(c, k, device=device)
@@ -141,17 +146,17 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
             g = gallery_take(idx.reshape(-1))
             g = {n: v.view(*idx.shape, *v.shape[1:]) if n == "global"
                  else [m.view(*idx.shape, *m.shape[1:]) for m in v] for n, v in g.items()}
-            short[r0:r0 + rows] = -model.pair_logits(_rows(q, r0, r0 + rows), g, paired=True).float()
+            q = queries(a + r0, a + min(c, r0 + rows))
+            short[r0:r0 + rows] = -model.pair_logits(q, g, paired=True).float()
         # the others: behind every rescored item, in their global order
         out = gdist + (short.amax(dim=1, keepdim=True) + 1.0)
         return out.scatter_(1, cand, short).cpu()
 
     @torch.no_grad()
     def dist_fn(a, b):
-        q = model.split_features(q_src.block(a, b).to(device, torch.float32))
         if g_global is not None:
-            return shortlist(q, b - a, topk)
-        return all_pairs(q, b - a)
+            return shortlist(a, b - a, topk)
+        return all_pairs(a, b - a)
     dist_fn.stats = stats
     return dist_fn
 
