@@ -191,9 +191,13 @@ class TALEvaluator(DGReidEvaluator):
         return FeatureStore(os.path.join(self._dir, name), self.dtype, hint=STORE_HINT)
 
     def process(self, inputs, outputs):
-        if self._store is None:
-            self._store = self._new_store(f"rank{comm.get_rank()}.bin")
-        self._store.append(outputs)
+        try:
+            if self._store is None:
+                self._store = self._new_store(f"rank{comm.get_rank()}.bin")
+            self._store.append(outputs)
+        except FeatureStoreError:   # disk full / not writable: leave no partial store behind
+            self._cleanup()
+            raise
         self._predictions.append({"pids": inputs["targets"].to("cpu"), "camids": inputs["camids"].to("cpu")})
 
     def _flat_dim(self):

@@ -244,3 +244,34 @@ def test_shortlist_tradeoff_reads_the_store(synthetic_root, tmp_path):
     assert rows[0]["queries"] > 0 and rows[0]["gallery"] > 0
     left = [p for _, dirs, _ in os.walk(tmp_path) for p in dirs if p.startswith("tal_eval_store_")]
     assert left == []
+
+
+def test_a_full_disk_names_the_store_and_the_key_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    cfg = _cfg(tmp_path / "out", "TAL.EVAL.STORE_DIR", str(tmp_path / "store"))
+    model = _model(cfg)
+    feats, pids, cams = _data(model)
+    ev = TALEvaluator(cfg, NUM_QUERY, model)
+    ev.reset()
+    ev.process({"targets": pids[:4], "camids": cams[:4]}, feats[:4])
+    path = ev._store.path
+    assert path.startswith(str(tmp_path / "store" / "tal_eval_store_")) and path.endswith("/rank0.bin")
+
+    class Full:
+        closed = False
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.closed = True
+    ev._store._file = Full()
+    with pytest.raises(OSError, match=f"feature store {path}: cannot write 4 rows .* after 4 rows: the disk is "
+                                      "full; set TAL.EVAL.STORE_DIR to a writable directory"):
+        ev.process({"targets": pids[4:8], "camids": cams[4:8]}, feats[4:8])
+    assert os.listdir(tmp_path / "store") == []
+    bad = tmp_path / "file"
+    bad.write_text("")
+    cfg.TAL.EVAL.STORE_DIR = str(bad)
+    with pytest.raises(OSError, match=f"feature store directory {bad}: cannot create a temporary directory in it"):
+        TALEvaluator(cfg, NUM_QUERY, model).process({"targets": pids[:4], "camids": cams[:4]}, feats[:4])
