@@ -13,7 +13,8 @@
   clustered random features; --rerank-size scales both, 0 skips it) against the (Q+G) x (Q+G)
   similarity product and plain exact evaluation, with peak resident memory (goal <= 4 GB;
   measured 2026-11-30: 0.60x the product, 4.0x plain evaluation, 3.32 GB);
-- each project's `BENCH.extra()` (e.g. clustering time, QAConv throughput).
+- each project's `BENCH.extra()` (e.g. clustering time, QAConv throughput; TAL's evaluation memory
+  at Market-1501 and MSMT17 test size: projects/TAL/tools/bench.py memory_bench).
 
     python -m tools.bench [--iters 10 (rounds)] [--only PAOA] [--skip-eval] [--rerank-size 1]
                           [--json out.json]

@@ -52,15 +52,23 @@ class DGReidEvaluator(DatasetEvaluator):
                     for k in ("feats", "pids", "camids")}
         return [gathered] if comm.is_main_process() else None
 
-    def evaluate(self):
+    def _collect(self):
+        """(features [N, ...] in dataset order, pids, camids) on rank 0, None on the others.
+        Subclasses may return any features that `rank` accepts and that slice as feats[:n]."""
         predictions = self._gathered()
         if predictions is None:   # not the main process
-            return {}
+            return None
 
         def cat(key):   # no copy when there is one piece (the gathered case)
             parts = [p[key] for p in predictions]
             return parts[0] if len(parts) == 1 else torch.cat(parts)
-        feats, pids, camids = cat("feats"), cat("pids").numpy(), cat("camids").numpy()
+        return cat("feats"), cat("pids").numpy(), cat("camids").numpy()
+
+    def evaluate(self):
+        collected = self._collect()
+        if collected is None:   # not the main process
+            return {}
+        feats, pids, camids = collected
         n = self._num_query
         cmc, all_ap, all_inp = self.rank(feats[:n], feats[n:], pids[:n], pids[n:],
                                          camids[:n], camids[n:])

@@ -33,7 +33,7 @@ def _group():
     return comm._get_global_gloo_group()
 
 
-def gather_rows(tensor, dst=0, chunk_bytes=CHUNK_BYTES):
+def gather_rows(tensor, dst=0, chunk_bytes=CHUNK_BYTES, sink=None):
     """Concatenate every rank's `tensor` (N_r x ..., CPU, same dtype and trailing shape on all ranks
     that have rows; N_r may be 0 and differ between ranks) along dim 0 in rank order on rank `dst`.
     `tensor` may also be a list of such pieces (the evaluator's per-batch outputs), which are
@@ -41,10 +41,18 @@ def gather_rows(tensor, dst=0, chunk_bytes=CHUNK_BYTES):
 
     Returns the (sum N_r) x ... tensor on `dst`, None elsewhere; with one process the tensor
     itself (or the concatenated pieces). Every rank must call it (collective). Raises ValueError
-    naming the ranks when the trailing shapes or dtypes differ."""
+    naming the ranks when the trailing shapes or dtypes differ.
+
+    sink: a callable; then `dst` calls sink(rows) with its own pieces and every received chunk, in
+    order, instead of assembling the tensor (one reused chunk buffer: e.g. FeatureStore.append
+    streams the rows to disk), and returns None."""
     pieces = [t.detach().to("cpu").contiguous() for t in (tensor if isinstance(tensor, (list, tuple)) else [tensor])]
     pieces = [t for t in pieces if t.shape[0]] or pieces[:1]
     if comm.get_world_size() == 1:
+        if sink is not None:
+            for t in pieces:
+                sink(t)
+            return None
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     group, rank = _group(), comm.get_rank()
     local = (sum(t.shape[0] for t in pieces), tuple(pieces[0].shape[1:]), str(pieces[0].dtype))
@@ -63,6 +71,19 @@ def gather_rows(tensor, dst=0, chunk_bytes=CHUNK_BYTES):
         row_shape, dtype = pieces[0].shape[1:], pieces[0].dtype
     row_bytes = max(1, row_shape.numel() * torch.empty((), dtype=dtype).element_size())
     step = max(1, chunk_bytes // row_bytes)
+    if rank == dst and sink is not None:
+        buf = torch.empty((min(step, max(counts)), *row_shape), dtype=dtype)
+        for src, n in enumerate(counts):
+            if src == rank:
+                for t in pieces:
+                    if t.shape[0]:
+                        sink(t)
+            else:
+                for a in range(0, n, step):
+                    part = buf[:min(n, a + step) - a]
+                    dist.recv(part, src=src, group=group)
+                    sink(part)
+        return None
     if rank == dst:
         out = torch.empty((sum(counts), *row_shape), dtype=dtype)
         offset = 0

@@ -42,5 +42,12 @@ def add_tal_config(cfg):
     t.EVAL.MEMORY_MB = 1024     # bound on transient memory of pairwise scoring blocks
     t.EVAL.TOPK = 0             # > 0: rescore only the top-k gallery items by global features
     t.EVAL.FEATURE_DTYPE = "float32"  # storage of test maps: "float32" | "float16" (half the RAM)
-    t.EVAL.GALLERY_ON_DEVICE = True   # move all gallery maps to the model's device once
+    # cache gallery maps on the model's device: as many rows as DEVICE_MEMORY_MB holds (stored
+    # dtype); the rest is read from the on-disk store block by block. False: stream them all.
+    t.EVAL.GALLERY_ON_DEVICE = True
+    t.EVAL.DEVICE_MEMORY_MB = 4096.0  # budget of the resident gallery rows on the device (MiB)
+    # directory of the on-disk stores of test maps (and of the graph sampler's maps): each use makes
+    # a temporary directory in it and removes it afterwards; "" = OUTPUT_DIR. Under DDP it must be
+    # on a file system every process sees, else the shards are streamed to process 0 (slower).
+    t.EVAL.STORE_DIR = ""
     return cfg

@@ -129,20 +129,29 @@ class MSDAQAConv(nn.Module):
 
 
 # ------------------------------------------------------------------ bounded-memory blocks
-def block_shape(num_probe, num_gallery, bytes_per_pair, memory_mb):
+def block_shape(num_probe, num_gallery, bytes_per_pair, memory_mb, bytes_per_item=0):
     """(probe rows, gallery columns) per block so that rows * cols * bytes_per_pair stays within
-    memory_mb (at least one pair); blocks as square as the budget and the matrix allow."""
-    pairs = max(1, int(memory_mb * 2 ** 20 // max(1, bytes_per_pair)))
-    rows = max(1, min(num_probe, int(math.sqrt(pairs))))
-    cols = max(1, min(num_gallery, pairs // rows))
-    rows = max(1, min(num_probe, pairs // cols))
+    memory_mb (at least one pair); blocks as square as the budget and the matrix allow.
+    bytes_per_item > 0: the block's own probe and gallery maps (e.g. their float32 copies) are
+    bounded too: (rows + cols) * bytes_per_item within half of memory_mb, the pairs within the
+    other half (at least one probe and one gallery item)."""
+    budget = memory_mb * 2 ** 20
+    cap = num_probe + num_gallery
+    if bytes_per_item > 0:
+        budget /= 2
+        cap = max(2, int(budget // bytes_per_item))
+    pairs = max(1, int(budget // max(1, bytes_per_pair)))
+    rows = max(1, min(num_probe, int(math.sqrt(pairs)), cap // 2))
+    cols = max(1, min(num_gallery, pairs // rows, cap - rows))
+    rows = max(1, min(num_probe, pairs // cols, cap - cols))
     return rows, cols
 
 
-def blockwise_scores(score_block, num_probe, num_gallery, bytes_per_pair, memory_mb, out=None):
-    """out[P, G] filled by score_block(p0, p1, g0, g1) -> Tensor[p1 - p0, g1 - g0] per block."""
+def blockwise_scores(score_block, num_probe, num_gallery, bytes_per_pair, memory_mb, out=None, bytes_per_item=0):
+    """out[P, G] filled by score_block(p0, p1, g0, g1) -> Tensor[p1 - p0, g1 - g0] per block
+    (block sizes: `block_shape`)."""
     out = torch.empty(num_probe, num_gallery) if out is None else out
-    rows, cols = block_shape(num_probe, num_gallery, bytes_per_pair, memory_mb)
+    rows, cols = block_shape(num_probe, num_gallery, bytes_per_pair, memory_mb, bytes_per_item)
     for p0 in range(0, num_probe, rows):
         p1 = min(p0 + rows, num_probe)
         for g0 in range(0, num_gallery, cols):

@@ -6,6 +6,8 @@ DDP, DGTrainer itself averages the BN running statistics after every step (Runni
 """
 import logging
 import math
+import os
+import shutil
 
 import torch
 from fastreid.data.build import fast_batch_collator
@@ -20,7 +22,8 @@ from plugins.engine.step import unwrap
 from plugins.engine.tta import extract
 from plugins.registry import TRAINER_REGISTRY
 
-from .evaluation import TALEvaluator, qaconv_dist_fn
+from plugins.evaluation.feature_store import FeatureStore
+from .evaluation import DTYPES, STORE_HINT, TALEvaluator, qaconv_dist_fn, store_directory
 from .graph_sampler import GraphSampler, GraphSamplerHook
 from .qaconv import QAConvHead
 
@@ -28,14 +31,19 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def extract_all(cfg, model, items):
-    """The model's flat eval outputs for training items (test transforms, in item order). For the
-    graph, only process 0 calls it under DDP (GraphSamplerHook broadcasts the distances)."""
+def extract_all(cfg, model, items, store=None):
+    """The model's flat eval outputs for training items (test transforms, in item order): one
+    tensor, or appended batch by batch to `store` (a FeatureStore, returned). For the graph, only
+    process 0 calls it under DDP (GraphSamplerHook broadcasts the distances)."""
     data = DGCommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
                                          num_workers=cfg.DATALOADER.NUM_WORKERS,
                                          collate_fn=fast_batch_collator)
-    return torch.cat([extract(model, batch) for batch in loader])
+    if store is None:
+        return torch.cat([extract(model, batch) for batch in loader])
+    for batch in loader:
+        store.append(extract(model, batch))
+    return store
 
 
 class LogitScaleCollapse(RuntimeError):
@@ -137,13 +145,24 @@ class TALTrainer(DGTrainer):
 
     def graph_distance(self, indices):
         """All-pairs matching distance (-logits of the test streams) between training images
-        (process 0 only under DDP: GraphSamplerHook broadcasts it)."""
+        (process 0 only under DDP: GraphSamplerHook broadcasts it). Memory as evaluation's
+        (tal.evaluation): the maps go to an on-disk store (TAL.EVAL.FEATURE_DTYPE, in a temporary
+        directory of TAL.EVAL.STORE_DIR, removed afterwards) and are scored under TAL.EVAL.MEMORY_MB
+        with at most TAL.EVAL.DEVICE_MEMORY_MB of them resident on the device."""
         model = unwrap(self.model)
         items = [self._trainer.data_loader.dataset.img_items[i] for i in indices]
-        feats = extract_all(self.cfg, model, items)
-        with inference_context(model):
-            e = self.cfg.TAL.EVAL
-            return qaconv_dist_fn(model, feats, feats, e.MEMORY_MB, 0, e.GALLERY_ON_DEVICE)(0, len(items))
+        e = self.cfg.TAL.EVAL
+        directory, reader = store_directory(self.cfg, "tal_graph_store_"), None
+        try:
+            store = FeatureStore(os.path.join(directory, "graph.bin"), DTYPES[e.FEATURE_DTYPE], hint=STORE_HINT)
+            reader = extract_all(self.cfg, model, items, store).open()
+            with inference_context(model):
+                return qaconv_dist_fn(model, reader, reader, e.MEMORY_MB, 0, e.GALLERY_ON_DEVICE,
+                                      e.DEVICE_MEMORY_MB)(0, len(items))
+        finally:
+            if reader is not None:
+                reader.close()
+            shutil.rmtree(directory, ignore_errors=True)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_dir=None, **dataset_kwargs):

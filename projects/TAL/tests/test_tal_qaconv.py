@@ -127,3 +127,8 @@ def test_blockwise_scores_respect_the_budget_and_equal_the_full_matrix():
         budget = max(1, memory_mb * 2 ** 20 // bytes_per_pair)
         assert max(seen) <= budget and (budget < 37 * 53) == (len(seen) > 1)
     assert block_shape(10, 10, 10 ** 9, 1) == (1, 1)                # at least one pair
+    # the block's own maps: (rows + cols) x 2**16 bytes within half of 1 MiB (8 items), pairs in the rest
+    assert block_shape(1, 100, 1, 1, bytes_per_item=2 ** 16) == (1, 7)
+    assert block_shape(100, 100, 1, 1, bytes_per_item=2 ** 16) == (4, 4)
+    assert block_shape(100, 100, 2 ** 16, 1, bytes_per_item=2 ** 16) == (2, 4)   # 8 pairs bind first
+    assert block_shape(3, 3, 1, 1, bytes_per_item=2 ** 30) == (1, 1)
