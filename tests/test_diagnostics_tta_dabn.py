@@ -62,3 +62,12 @@ def test_methods_table_carries_the_variant_and_dabn_diagnostics():
     rows = {r.name: r for r in compare.tables(quick=True)[0][2]}
     assert rows["PAOA+"].diagnostics == ("paoa_plus",) and rows["PAOA+"].evaluate_only
     assert rows["TAL"].diagnostics == ("tal",)
+
+
+def test_tal_with_one_expert_has_no_evidence_either_way(tmp_path):
+    """K = 1 (e.g. MODEL.TAL.DOMAIN_GROUPS [[0, 1, 2]]): alpha is always (1,), entropy 0 = ln 1, so
+    "entropy below ln K" read as acted although DABN had nothing to route."""
+    _dabn_metrics(tmp_path, [0.0] * 5, k=1)
+    r = diagnostics.tal(str(tmp_path))
+    assert r["acted"] is None and r["values"]["ln_K"] == 0.0
+    assert r["why"] == "one DABN expert (K = 1): alpha is always 1, there is nothing to route"

@@ -172,7 +172,8 @@ def tal(run_dir):
     holds each scalar's median over the 20 iterations before a write): mean weight entropy over the
     last fifth of the logged values against ln K, routing accuracy (share of training samples whose
     largest weight is their own domain's expert) overall and per expert, and its chance level (the
-    largest expert's share of a batch). Acted: the entropy fell at least MIN_ENTROPY_DROP below ln K."""
+    largest expert's share of a batch). Acted: the entropy fell at least MIN_ENTROPY_DROP below ln K;
+    no evidence either way (None) with one expert (K = 1, ln K = 0)."""
     m = read_metrics(run_dir)
     ent = [v for _, v in series(m, "dabn_entropy")]
     if not ent:
@@ -186,6 +187,9 @@ def tal(run_dir):
               "routing_acc": last_fifth("dabn_routing_acc"), "routing_chance": last_fifth("dabn_routing_chance")}
     for key in sorted({k for line in m for k in line if k.startswith("dabn_routing_acc_e")}):
         values["routing_acc_" + key[len("dabn_routing_acc_"):]] = last_fifth(key)
+    if log_k <= 0:   # K = 1: ln K = 0 = every entropy
+        return {"values": values, "acted": None,
+                "why": "one DABN expert (K = 1): alpha is always 1, there is nothing to route"}
     if values["dabn_entropy"] > (1 - MIN_ENTROPY_DROP) * log_k:
         return {"values": values, "acted": False,
                 "why": f"DABN weight entropy {values['dabn_entropy']:.3f} is within {100 * MIN_ENTROPY_DROP:.0f}% of "
