@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -468,3 +469,28 @@ def test_gpu_loader_thread_error_after_shutdown_is_not_raised_by_shutdown():
     rc, out = run_py(code)
     assert rc == 0, out
     assert "got batch 0" in out and "shutdown returned, alive False" in out, out
+
+
+def test_background_generator_probe_silences_only_its_own_thread():
+    """The probe replaces threading.excepthook while its thread dies; another thread's uncaught
+    error in that window was silenced too. Only the probe's thread is silenced, the hook restored."""
+    import threading
+    seen = []
+    other_error = ValueError("another thread's error")
+
+    class Probe(threading.Thread):   # what the probe builds: a thread whose generator raises
+        def run(self):
+            other = threading.Thread(target=lambda: (_ for _ in ()).throw(other_error))
+            other.start()
+            other.join()
+            raise RuntimeError("probe")
+
+    hook, mine = threading.excepthook, lambda args: seen.append(args.exc_value)
+    threading.excepthook = mine
+    try:
+        loses = compat.data._background_generator_loses_errors(types.SimpleNamespace(BackgroundGenerator=Probe))
+        restored = threading.excepthook
+    finally:
+        threading.excepthook = hook
+    assert loses is True and seen == [other_error]
+    assert restored is mine   # the hook in place before the probe came back

@@ -292,7 +292,8 @@ def _background_generator_loses_errors(data_utils, wait_s=5.0):
         threading.Thread.__init__(gen, daemon=True)
         gen.queue, gen.generator, gen.local_rank = queue.Queue(2), broken(), 0
         gen.exit_event = threading.Event()
-        hook, threading.excepthook = threading.excepthook, lambda args: None
+        hook = threading.excepthook   # silence the probe's own thread only
+        threading.excepthook = lambda args: None if args.thread is gen else hook(args)
         try:
             gen.start()
             gen.join(wait_s)
