@@ -71,3 +71,17 @@ def test_tal_with_one_expert_has_no_evidence_either_way(tmp_path):
     r = diagnostics.tal(str(tmp_path))
     assert r["acted"] is None and r["values"]["ln_K"] == 0.0
     assert r["why"] == "one DABN expert (K = 1): alpha is always 1, there is nothing to route"
+
+
+def test_command_line_prints_the_named_diagnostics(tmp_path, capsys):
+    _write(tmp_path, "dg_results.json", {"splits": {"T": {"tta_feature_change": 0.02}}})
+    diagnostics.main([str(tmp_path), "paoa_plus", "tal"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["paoa_plus"]["acted"] is True and out["paoa_plus"]["values"]["feature_change"] == 0.02
+    assert out["tal"]["acted"] is None
+    with pytest.raises(SystemExit):
+        diagnostics.main([str(tmp_path), "dabn"])
+    assert "unknown diagnostic(s) ['dabn']; known: ['adin', 'domainmix'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        diagnostics.main([str(tmp_path / "missing"), "tal"])
+    assert f"run directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err

@@ -272,3 +272,23 @@ def summarize_acted(per_seed):
     if not flags:
         return None, "; ".join(whys)
     return all(flags), "; ".join(whys)
+
+
+def main(argv=None):
+    """`python -m tools.diagnostics RUN_DIR NAME [NAME ...]`: print {name: result} of the named
+    diagnostics on one run's OUTPUT_DIR as JSON (e.g. `paoa_plus` after a PAOA+ `--eval-only`)."""
+    import argparse
+    parser = argparse.ArgumentParser(description="Proof that a method's mechanism acted in one run (issue #21)")
+    parser.add_argument("run_dir", help="the run's OUTPUT_DIR")
+    parser.add_argument("names", nargs="+", help=f"diagnostics, of {sorted(DIAGNOSTICS)}")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        parser.error(f"run directory {args.run_dir} does not exist")
+    unknown = [n for n in args.names if n not in DIAGNOSTICS]
+    if unknown:
+        parser.error(f"unknown diagnostic(s) {unknown}; known: {sorted(DIAGNOSTICS)}")
+    print(json.dumps(run_diagnostics(args.names, args.run_dir), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
