@@ -85,3 +85,13 @@ def test_command_line_prints_the_named_diagnostics(tmp_path, capsys):
     with pytest.raises(SystemExit):
         diagnostics.main([str(tmp_path / "missing"), "tal"])
     assert f"run directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+
+
+def test_paoa_plus_non_finite_change_is_not_read_as_acted(tmp_path):
+    """A diverged adaptation (NaN / inf features) gave a NaN mean, which is not below the threshold
+    and so read as 'acted'."""
+    _write(tmp_path, "dg_results.json", '{"splits": {"T@0": {"tta_feature_change": NaN}, '
+                                        '"T@1": {"tta_feature_change": 0.5}}}')
+    r = diagnostics.paoa_plus(str(tmp_path))
+    assert r["acted"] is False
+    assert r["why"] == "the relative feature change is not finite (nan): the adaptation diverged"

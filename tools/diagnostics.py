@@ -125,7 +125,8 @@ def paoa_plus(run_dir):
     adaptation, `tta_feature_change` (plugins/engine/tta.py: mean over a test set's images of
     ||f_adapted - f_trained|| / ||f_trained||), from OUTPUT_DIR/dg_results.json (one value per
     evaluated test set / split; their mean and minimum), else the last value in metrics.json (a
-    training run evaluating with adaptation). Acted: the mean is at least MIN_FEATURE_CHANGE."""
+    training run evaluating with adaptation). Acted: the mean is at least MIN_FEATURE_CHANGE (not when
+    it is NaN / inf: a diverged adaptation)."""
     splits = _results(run_dir).get("splits") or {}
     vals = [float(m["tta_feature_change"]) for m in splits.values()
             if isinstance(m, dict) and m.get("tta_feature_change") is not None]
@@ -137,6 +138,9 @@ def paoa_plus(run_dir):
         return _none("no tta_feature_change in dg_results.json or metrics.json (no test-time adaptation, "
                      "or TEST.ADAPT.FEATURE_CHANGE False)")
     values = {"feature_change": float(np.mean(vals)), "feature_change_min": float(min(vals))}
+    if not math.isfinite(values["feature_change"]):   # NaN is below no threshold
+        return {"values": values, "acted": False,
+                "why": f"the relative feature change is not finite ({values['feature_change']}): the adaptation diverged"}
     if values["feature_change"] < MIN_FEATURE_CHANGE:
         return {"values": values, "acted": False,
                 "why": f"test-time adaptation changed the features by {values['feature_change']:.2g} of their norm "
