@@ -95,3 +95,10 @@ def test_paoa_plus_non_finite_change_is_not_read_as_acted(tmp_path):
     r = diagnostics.paoa_plus(str(tmp_path))
     assert r["acted"] is False
     assert r["why"] == "the relative feature change is not finite (nan): the adaptation diverged"
+
+
+def test_tal_non_finite_entropy_is_not_read_as_acted(tmp_path):
+    """A diverged run's NaN weight entropy is not above 0.95 ln K, so it read as 'acted'."""
+    _dabn_metrics(tmp_path, [math.log(3)] * 8 + [math.nan] * 2)
+    r = diagnostics.tal(str(tmp_path))
+    assert r["acted"] is False and r["why"] == "DABN weight entropy is not finite (nan): the training diverged"

@@ -194,6 +194,9 @@ def tal(run_dir):
     if log_k <= 0:   # K = 1: ln K = 0 = every entropy
         return {"values": values, "acted": None,
                 "why": "one DABN expert (K = 1): alpha is always 1, there is nothing to route"}
+    if not math.isfinite(values["dabn_entropy"]):   # NaN is above no threshold
+        return {"values": values, "acted": False,
+                "why": f"DABN weight entropy is not finite ({values['dabn_entropy']}): the training diverged"}
     if values["dabn_entropy"] > (1 - MIN_ENTROPY_DROP) * log_k:
         return {"values": values, "acted": False,
                 "why": f"DABN weight entropy {values['dabn_entropy']:.3f} is within {100 * MIN_ENTROPY_DROP:.0f}% of "
