@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -436,3 +437,60 @@ def test_gpu_loader_thread_hands_its_error_to_training():
     assert "loses True" in out and "after False ['background_generator_errors']" in out, out
     # DataLoaderX prefetches one batch: the error surfaces at the second step (batch 2-3 read, 4-5 failed)
     assert "raised cannot identify image file 'bad.jpg' [[0.0, 1.0]]" in out, out
+
+
+def test_gpu_loader_thread_error_after_shutdown_is_not_raised_by_shutdown():
+    """fastreid's `DataLoaderX.shutdown()` (after an early break) sets the exit event and drains the
+    thread's queue with next(): a loader error of a batch read after that (nobody will use it) was
+    raised by shutdown itself. Once the consumer asked to stop, such an error ends the drain."""
+    code = """
+        import time, types, torch
+        from plugins import compat
+        for f in compat.IMPORT_FIXES: f()
+        torch.cuda.set_device = lambda *a, **k: None
+        from fastreid.data import data_utils
+        compat.fix_background_generator_errors()
+        box = []
+        def items():
+            yield "batch 0"
+            deadline = time.monotonic() + 10
+            while not (box and box[0].exit_event.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise OSError("cannot identify image file 'bad.jpg'")
+        bg = data_utils.BackgroundGenerator(items(), 0)
+        box.append(bg)
+        print("got", next(bg))
+        try:
+            data_utils.DataLoaderX._shutdown_background_thread(types.SimpleNamespace(iter=bg))
+            print("shutdown returned, alive", bg.is_alive())
+        except OSError as e:
+            print("shutdown raised", e)
+    """
+    rc, out = run_py(code)
+    assert rc == 0, out
+    assert "got batch 0" in out and "shutdown returned, alive False" in out, out
+
+
+def test_background_generator_probe_silences_only_its_own_thread():
+    """The probe replaces threading.excepthook while its thread dies; another thread's uncaught
+    error in that window was silenced too. Only the probe's thread is silenced, the hook restored."""
+    import threading
+    seen = []
+    other_error = ValueError("another thread's error")
+
+    class Probe(threading.Thread):   # what the probe builds: a thread whose generator raises
+        def run(self):
+            other = threading.Thread(target=lambda: (_ for _ in ()).throw(other_error))
+            other.start()
+            other.join()
+            raise RuntimeError("probe")
+
+    hook, mine = threading.excepthook, lambda args: seen.append(args.exc_value)
+    threading.excepthook = mine
+    try:
+        loses = compat.data._background_generator_loses_errors(types.SimpleNamespace(BackgroundGenerator=Probe))
+        restored = threading.excepthook
+    finally:
+        threading.excepthook = hook
+    assert loses is True and seen == [other_error]
+    assert restored is mine   # the hook in place before the probe came back

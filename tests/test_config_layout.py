@@ -170,3 +170,20 @@ def test_dump_configs_writes_what_train_net_merges(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         dump_configs(str(tmp_path), ["configs/missing.yml"])
     assert "while loading configs/missing.yml (tools/dump_configs.py)" in e.value.__notes__
+
+
+def test_dump_configs_keeps_absolute_paths_inside_out_dir(tmp_path):
+    """An absolute config path used to be joined onto OUT_DIR as is, so the dump landed beside the
+    config itself (os.path.join drops OUT_DIR before an absolute path): it now mirrors the
+    repository path under OUT_DIR, and a config outside the repository is refused by name."""
+    from tools.dump_configs import dump_configs
+    out = tmp_path / "out"
+    config = "configs/Synthetic/baseline.yml"
+    (written,) = dump_configs(str(out), [os.path.join(REPO, config)])
+    assert written == str(out / (config + ".yaml"))
+    assert not os.path.exists(os.path.join(REPO, config + ".yaml"))
+    mine = tmp_path / "mine.yml"
+    mine.write_text(f"_BASE_: {os.path.join(REPO, 'configs/Synthetic/Base-synthetic.yml')}\n")
+    with pytest.raises(ValueError, match=rf"^dump_configs: {mine} is outside the repository {REPO}; OUT_DIR"):
+        dump_configs(str(out), [str(mine)])
+    assert not os.path.exists(str(mine) + ".yaml")

@@ -62,3 +62,43 @@ def test_methods_table_carries_the_variant_and_dabn_diagnostics():
     rows = {r.name: r for r in compare.tables(quick=True)[0][2]}
     assert rows["PAOA+"].diagnostics == ("paoa_plus",) and rows["PAOA+"].evaluate_only
     assert rows["TAL"].diagnostics == ("tal",)
+
+
+def test_tal_with_one_expert_has_no_evidence_either_way(tmp_path):
+    """K = 1 (e.g. MODEL.TAL.DOMAIN_GROUPS [[0, 1, 2]]): alpha is always (1,), entropy 0 = ln 1, so
+    "entropy below ln K" read as acted although DABN had nothing to route."""
+    _dabn_metrics(tmp_path, [0.0] * 5, k=1)
+    r = diagnostics.tal(str(tmp_path))
+    assert r["acted"] is None and r["values"]["ln_K"] == 0.0
+    assert r["why"] == "one DABN expert (K = 1): alpha is always 1, there is nothing to route"
+
+
+def test_command_line_prints_the_named_diagnostics(tmp_path, capsys):
+    _write(tmp_path, "dg_results.json", {"splits": {"T": {"tta_feature_change": 0.02}}})
+    diagnostics.main([str(tmp_path), "paoa_plus", "tal"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["paoa_plus"]["acted"] is True and out["paoa_plus"]["values"]["feature_change"] == 0.02
+    assert out["tal"]["acted"] is None
+    with pytest.raises(SystemExit):
+        diagnostics.main([str(tmp_path), "dabn"])
+    assert "unknown diagnostic(s) ['dabn']; known: ['adin', 'domainmix'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        diagnostics.main([str(tmp_path / "missing"), "tal"])
+    assert f"run directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+
+
+def test_paoa_plus_non_finite_change_is_not_read_as_acted(tmp_path):
+    """A diverged adaptation (NaN / inf features) gave a NaN mean, which is not below the threshold
+    and so read as 'acted'."""
+    _write(tmp_path, "dg_results.json", '{"splits": {"T@0": {"tta_feature_change": NaN}, '
+                                        '"T@1": {"tta_feature_change": 0.5}}}')
+    r = diagnostics.paoa_plus(str(tmp_path))
+    assert r["acted"] is False
+    assert r["why"] == "the relative feature change is not finite (nan): the adaptation diverged"
+
+
+def test_tal_non_finite_entropy_is_not_read_as_acted(tmp_path):
+    """A diverged run's NaN weight entropy is not above 0.95 ln K, so it read as 'acted'."""
+    _dabn_metrics(tmp_path, [math.log(3)] * 8 + [math.nan] * 2)
+    r = diagnostics.tal(str(tmp_path))
+    assert r["acted"] is False and r["why"] == "DABN weight entropy is not finite (nan): the training diverged"

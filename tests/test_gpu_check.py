@@ -28,7 +28,7 @@ def test_cpu_dry_run_every_part(synthetic_root, tmp_path, capsys):
     assert saved["rows"] == json.loads(json.dumps(report["rows"], default=str))
     rows = report["rows"]
     assert [(r["part"], r["status"]) for r in rows] == (
-        [("steps", "ok")] * 7 + [("loader_swaps", "ok"), ("paoa_plus", "ok"), ("tal_qaconv", "ok"),
+        [("steps", "ok")] * 7 + [("loader_swaps", "ok"), ("loader_error", "ok"), ("paoa_plus", "ok"), ("tal_qaconv", "ok"),
                                  ("clustering", "ok"), ("train_net", "ok"), ("train_net", "ok")]), \
         [(r["part"], r["status"], r.get("error")) for r in rows]
     by = {(r["part"], r["item"]): r["metrics"] for r in rows}
@@ -50,6 +50,11 @@ def test_cpu_dry_run_every_part(synthetic_root, tmp_path, capsys):
     # the CPU stand-in of DataLoaderX: 2 workers after the first batch and after each of 3 swaps
     sw = by[("loader_swaps", "DataLoaderX x3 swaps")]
     assert sw["live_workers"] == [2, 2, 2, 2] and sw["workers_per_loader"] == 2
+
+    # an unreadable image (item 9 of 16, batches of 2) reaches the loop after batches 0-3 (CPU stand-in:
+    # no prefetch); no worker left
+    le = by[("loader_error", "unreadable image in a worker")]
+    assert (le["raised"], le["batches_before"], le["workers_left"]) == (True, [0, 2, 4, 6], 0)
 
     # PAOA+: the paper config's adaptation (one Adam step, lr 1e-6) moved the features
     pp = by[("paoa_plus", "adapt 16 images")]

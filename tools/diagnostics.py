@@ -125,7 +125,8 @@ def paoa_plus(run_dir):
     adaptation, `tta_feature_change` (plugins/engine/tta.py: mean over a test set's images of
     ||f_adapted - f_trained|| / ||f_trained||), from OUTPUT_DIR/dg_results.json (one value per
     evaluated test set / split; their mean and minimum), else the last value in metrics.json (a
-    training run evaluating with adaptation). Acted: the mean is at least MIN_FEATURE_CHANGE."""
+    training run evaluating with adaptation). Acted: the mean is at least MIN_FEATURE_CHANGE (not when
+    it is NaN / inf: a diverged adaptation)."""
     splits = _results(run_dir).get("splits") or {}
     vals = [float(m["tta_feature_change"]) for m in splits.values()
             if isinstance(m, dict) and m.get("tta_feature_change") is not None]
@@ -137,6 +138,9 @@ def paoa_plus(run_dir):
         return _none("no tta_feature_change in dg_results.json or metrics.json (no test-time adaptation, "
                      "or TEST.ADAPT.FEATURE_CHANGE False)")
     values = {"feature_change": float(np.mean(vals)), "feature_change_min": float(min(vals))}
+    if not math.isfinite(values["feature_change"]):   # NaN is below no threshold
+        return {"values": values, "acted": False,
+                "why": f"the relative feature change is not finite ({values['feature_change']}): the adaptation diverged"}
     if values["feature_change"] < MIN_FEATURE_CHANGE:
         return {"values": values, "acted": False,
                 "why": f"test-time adaptation changed the features by {values['feature_change']:.2g} of their norm "
@@ -172,7 +176,8 @@ def tal(run_dir):
     holds each scalar's median over the 20 iterations before a write): mean weight entropy over the
     last fifth of the logged values against ln K, routing accuracy (share of training samples whose
     largest weight is their own domain's expert) overall and per expert, and its chance level (the
-    largest expert's share of a batch). Acted: the entropy fell at least MIN_ENTROPY_DROP below ln K."""
+    largest expert's share of a batch). Acted: the entropy fell at least MIN_ENTROPY_DROP below ln K;
+    no evidence either way (None) with one expert (K = 1, ln K = 0)."""
     m = read_metrics(run_dir)
     ent = [v for _, v in series(m, "dabn_entropy")]
     if not ent:
@@ -186,6 +191,12 @@ def tal(run_dir):
               "routing_acc": last_fifth("dabn_routing_acc"), "routing_chance": last_fifth("dabn_routing_chance")}
     for key in sorted({k for line in m for k in line if k.startswith("dabn_routing_acc_e")}):
         values["routing_acc_" + key[len("dabn_routing_acc_"):]] = last_fifth(key)
+    if log_k <= 0:   # K = 1: ln K = 0 = every entropy
+        return {"values": values, "acted": None,
+                "why": "one DABN expert (K = 1): alpha is always 1, there is nothing to route"}
+    if not math.isfinite(values["dabn_entropy"]):   # NaN is above no threshold
+        return {"values": values, "acted": False,
+                "why": f"DABN weight entropy is not finite ({values['dabn_entropy']}): the training diverged"}
     if values["dabn_entropy"] > (1 - MIN_ENTROPY_DROP) * log_k:
         return {"values": values, "acted": False,
                 "why": f"DABN weight entropy {values['dabn_entropy']:.3f} is within {100 * MIN_ENTROPY_DROP:.0f}% of "
@@ -268,3 +279,23 @@ def summarize_acted(per_seed):
     if not flags:
         return None, "; ".join(whys)
     return all(flags), "; ".join(whys)
+
+
+def main(argv=None):
+    """`python -m tools.diagnostics RUN_DIR NAME [NAME ...]`: print {name: result} of the named
+    diagnostics on one run's OUTPUT_DIR as JSON (e.g. `paoa_plus` after a PAOA+ `--eval-only`)."""
+    import argparse
+    parser = argparse.ArgumentParser(description="Proof that a method's mechanism acted in one run (issue #21)")
+    parser.add_argument("run_dir", help="the run's OUTPUT_DIR")
+    parser.add_argument("names", nargs="+", help=f"diagnostics, of {sorted(DIAGNOSTICS)}")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        parser.error(f"run directory {args.run_dir} does not exist")
+    unknown = [n for n in args.names if n not in DIAGNOSTICS]
+    if unknown:
+        parser.error(f"unknown diagnostic(s) {unknown}; known: {sorted(DIAGNOSTICS)}")
+    print(json.dumps(run_diagnostics(args.names, args.run_dir), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,9 @@ loader_swaps  fastreid's DataLoaderX (the real one on CUDA) with DATALOADER.NUM_
               swapped 3 times through DGStep.set_data_loader (as DomainMix does after clustering):
               live worker processes after the first batch and after each swap; they must stay
               constant (status FAIL otherwise).
+loader_error  fastreid's DataLoaderX (the real one on CUDA), 2 workers, an unreadable image at item 9
+              of 16: the error reaches the loop (compat background_generator_errors; without it the
+              loop waits forever and the part times out), no worker left after shutdown_loader.
 paoa_plus     PAOA+ (plugins.tta_aux, TEST.ADAPT of the paper config: one Adam step at lr 1e-6) on a
               test batch of 200 images: seconds of the adaptation (after one untimed one) and the
               feature change |f' - f| / |f| (mean and max over images).
@@ -256,6 +259,50 @@ def part_loader_swaps(ctx, swaps=3):
                          "loader": loader_cls.__name__ + ("" if real else " (CPU stand-in)")}}]
 
 
+class _UnreadableAt:
+    """A dataset of `n` tiny images whose item `bad` raises like an unreadable image file."""
+
+    def __init__(self, n, bad):
+        self.n, self.bad = n, bad
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        import torch
+        if i == self.bad:
+            raise OSError("cannot identify image file 'bad.jpg'")
+        return {"images": torch.full((3, 4, 2), float(i))}
+
+
+def part_loader_error(ctx):
+    """A loader error (unreadable image, in a worker process) reaches the training loop through
+    DataLoaderX's background thread (compat `background_generator_errors`) instead of hanging it;
+    then shutdown_loader leaves no worker."""
+    torch = ctx.torch
+    from fastreid.data import data_utils
+    from plugins.data import shutdown_loader
+    loader_cls = data_utils.DataLoaderX
+    real = not getattr(loader_cls, "_cpu_shim", False)
+    before = live_workers()
+    loader = loader_cls(torch.cuda.current_device() if ctx.gpu else 0, dataset=_UnreadableAt(16, 9),
+                        batch_size=2, num_workers=2)
+    it, seen, error = iter(loader), [], None
+    try:
+        for batch in it:
+            seen.append(int(batch["images"][0, 0, 0, 0]))
+    except OSError as e:
+        error = str(e)
+    shutdown_loader(it)
+    left = live_workers() - before
+    # batch 4 (items 8-9) fails; DataLoaderX raises while prefetching it, before handing batch 3 out
+    ok = error is not None and "bad.jpg" in error and seen == [0, 2, 4, 6][:3 if real else 4] and left == 0
+    return [{"part": "loader_error", "item": "unreadable image in a worker",
+             "status": "ok" if ok else "FAIL",
+             "metrics": {"raised": error is not None, "batches_before": seen, "workers_left": left,
+                         "loader": loader_cls.__name__ + ("" if real else " (CPU stand-in)")}}]
+
+
 def part_paoa_plus(ctx):
     """PAOA+ on one test batch of 200 images (16 with --tiny): adaptation time, feature change."""
     torch = ctx.torch
@@ -416,6 +463,7 @@ def part_train_net(ctx, iters=None):
 PARTS = [
     ("steps", part_steps, 60, 200),
     ("loader_swaps", part_loader_swaps, 10, 60),
+    ("loader_error", part_loader_error, 5, 30),
     ("paoa_plus", part_paoa_plus, 10, 60),
     ("tal_qaconv", part_tal_qaconv, 30, 150),
     ("clustering", part_clustering, 20, 90),

@@ -292,7 +292,8 @@ def _background_generator_loses_errors(data_utils, wait_s=5.0):
         threading.Thread.__init__(gen, daemon=True)
         gen.queue, gen.generator, gen.local_rank = queue.Queue(2), broken(), 0
         gen.exit_event = threading.Event()
-        hook, threading.excepthook = threading.excepthook, lambda args: None
+        hook = threading.excepthook   # silence the probe's own thread only
+        threading.excepthook = lambda args: None if args.thread is gen else hook(args)
         try:
             gen.start()
             gen.join(wait_s)
@@ -311,7 +312,9 @@ def fix_background_generator_errors():
     """fastreid's `DataLoaderX` (the GPU training loader) reads batches in a `BackgroundGenerator`
     thread. When the loader raises there (an unreadable image, a worker killed, a collate error),
     the thread dies, the consumer waits on an empty queue and training hangs forever with no error.
-    The thread now hands the exception to the consumer, which raises it with its traceback."""
+    The thread now hands the exception to the consumer, which raises it with its traceback; once
+    the consumer has set the exit event (`DataLoaderX.shutdown()` draining the queue after an early
+    break) such an error only ends the iteration."""
     from fastreid.data import data_utils
     cls = data_utils.BackgroundGenerator
     if getattr(cls, "_forwards_errors", False) or not _background_generator_loses_errors(data_utils):
@@ -337,6 +340,8 @@ def fix_background_generator_errors():
             raise StopIteration
         if isinstance(item, _RaisedInBackground):
             self.queue.put(None)   # a later next() ends instead of waiting
+            if self.exit_event.is_set():   # the consumer is shutting down: a batch nobody will read
+                raise StopIteration
             raise item.error
         return item
 

@@ -94,3 +94,22 @@ def test_the_di_pass_logs_the_weights_it_used():
     with EventStorage(0) as storage:   # no DABN: nothing logged
         _model("MODEL.TAL.DI_NORM", "average").train()(batch)
         assert not [k for k in storage.latest() if k.startswith("dabn_")]
+
+
+def test_logging_changes_no_loss_or_gradient_and_leaves_no_hook():
+    """The recorded alphas are recomputed under no_grad from each DABN layer's input: a training
+    step inside an EventStorage gives bit-identical losses and gradients to one outside, and the
+    forward hooks are gone afterwards (nothing to save, deepcopy or resume)."""
+    import copy
+    model = _model().train()
+    twin = copy.deepcopy(model)
+    with EventStorage(0) as storage:
+        logged = model(_batch(12))
+        sum(logged.values()).backward()
+        assert "dabn_entropy" in storage.latest()
+    plain = twin(_batch(12))
+    sum(plain.values()).backward()
+    assert {k: v.item() for k, v in logged.items()} == {k: v.item() for k, v in plain.items()}
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+    assert not [m for m in model.modules() if m._forward_hooks]
