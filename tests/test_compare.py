@@ -148,6 +148,9 @@ def test_paoa_diagnostic_flags_a_negligible_auxiliary_gradient(tmp_path):
     r = diagnostics.paoa(str(tmp_path))
     assert r["acted"] is True and r["values"]["aux_to_primary"] == pytest.approx(0.2)
     assert diagnostics.paoa(str(tmp_path / "none"))["acted"] is None
+    _metrics(tmp_path, [{"iteration": 0, "grad_aux_ratio": 0.3}, {"iteration": 1, "grad_aux_ratio": float("nan")}])
+    r = diagnostics.paoa(str(tmp_path))   # a diverged run: NaN is below no threshold, it read as 'acted'
+    assert r["acted"] is False and r["why"] == "|g_aux| / |g_prim| is not finite (nan): the training diverged"
 
 
 def test_ptl_diagnostic_compares_first_and_last_fifth(tmp_path):
@@ -155,6 +158,9 @@ def test_ptl_diagnostic_compares_first_and_last_fifth(tmp_path):
     r = diagnostics.ptl(str(tmp_path))
     assert r["values"]["loss_hp_t_first"] == pytest.approx(1.95) and r["values"]["loss_hp_t_last"] == pytest.approx(1.15)
     assert r["acted"] is False   # the attribute loss stayed flat
+    _metrics(tmp_path, [{"iteration": i, "loss_hp_t": 2.0 if i < 5 else float("nan")} for i in range(10)])
+    r = diagnostics.ptl(str(tmp_path))
+    assert r["acted"] is False and r["why"] == "a target proxy loss is not finite: the training diverged"
 
 
 def test_domainmix_diagnostic_purity_and_ari_against_hidden_ids(tmp_path):

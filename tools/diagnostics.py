@@ -103,6 +103,9 @@ def paoa(run_dir):
                      "statistics; or a single objective)")
     values = {"conflict_share": share[-1][1] if share else math.nan,
               "aux_to_primary": float(np.mean([v for _, v in ratio]))}
+    if not math.isfinite(values["aux_to_primary"]):   # NaN is below no threshold
+        return {"values": values, "acted": False,
+                "why": f"|g_aux| / |g_prim| is not finite ({values['aux_to_primary']}): the training diverged"}
     if values["aux_to_primary"] < MIN_AUX_RATIO:
         return {"values": values, "acted": False,
                 "why": f"|g_aux| / |g_prim| = {values['aux_to_primary']:.4f} < {MIN_AUX_RATIO}: the auxiliary "
@@ -166,6 +169,9 @@ def ptl(run_dir):
     if not falling:
         return _none("fewer than 2 logged values of a target proxy loss in metrics.json (the BL row, or a run "
                      "shorter than 2 x 20 iterations)")
+    if not all(math.isfinite(v) for v in values.values()):
+        return {"values": values, "acted": False,
+                "why": "a target proxy loss is not finite: the training diverged"}
     return {"values": values, "acted": all(falling),
             "why": "target proxy losses fell" if all(falling) else "a target proxy loss did not fall"}
 
