@@ -1,18 +1,24 @@
 """Stage 1 pseudo labels: SpCL (configs/Synthetic/stage1_spcl.yml) against the former outer loop
 (configs/Synthetic/stage1_outer_loop.yml), same epochs and iterations, on the synthetic benchmark.
 
-    python -m plugins.run domainmix.stage1_compare --root DATASETS_ROOT [--out DIR] [KEY VALUE ...]
+    python -m tools.run DomainMix stage1_compare --root DATASETS_ROOT [--out DIR] [KEY VALUE ...]
 
-Trains both, then scores each run's last labels of the unlabelled source (OUTPUT_DIR/
-pseudo_labels.json, clustered at the start of the last epoch) against its ground-truth ids, which
-are read here only: clusters, images kept in clusters, purity of the kept images, and the adjusted
-Rand index over all images (an image outside every cluster counted as a cluster of its own).
+KEY VALUE overrides apply to both runs (e.g. the budget: SOLVER.MAX_EPOCH, SOLVER.STEPS,
+SOLVER.ITERS_PER_EPOCH). Trains both, then scores each run's last labels of the unlabelled source
+(OUTPUT_DIR/pseudo_labels.json, clustered at the start of the last epoch) against its ground-truth
+ids, which are read here only: clusters, images kept in clusters, purity of the kept images, and
+the adjusted Rand index over all images (`plugins.clustering.adjusted_rand`: an image outside
+every cluster counted as a cluster of its own); also each run's training seconds and the CPU
+seconds of this process. Writes OUT/scores.json.
 """
 import argparse
 import json
 import os
+import time
 
 import numpy as np
+
+import plugins  # noqa: F401  (fastreid shims, project discovery: `domainmix` importable)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIGS = {"spcl": "projects/DomainMix/configs/Synthetic/stage1_spcl.yml",
@@ -20,16 +26,13 @@ CONFIGS = {"spcl": "projects/DomainMix/configs/Synthetic/stage1_spcl.yml",
 
 
 def label_scores(labels, truth):
-    """labels [N] (-1 = not in a cluster), truth [N] ids -> {clusters, kept, purity, ari}."""
-    from sklearn.metrics import adjusted_rand_score
-
-    from plugins.clustering import cluster_stats
-    labels, truth = np.asarray(labels), np.asarray(truth)
+    """labels [N] (-1 = not in a cluster), truth [N] ids -> {clusters, kept, purity, ari, true_ids}."""
+    from plugins.clustering import adjusted_rand, cluster_stats
+    labels = np.asarray(labels, dtype=np.int64)
+    truth = np.unique(np.asarray(truth), return_inverse=True)[1]
     stats = cluster_stats(labels, truth)
-    singletons = np.where(labels >= 0, labels, labels.max(initial=-1) + 1 + np.arange(len(labels)))
     return {"clusters": stats["clusters"], "kept": float((labels >= 0).mean()),
-            "purity": stats["purity"], "ari": float(adjusted_rand_score(truth, singletons)),
-            "true_ids": stats["true_ids"]}
+            "purity": stats["purity"], "ari": adjusted_rand(labels, truth), "true_ids": stats["true_ids"]}
 
 
 def score_run(cfg, out_dir):
@@ -51,8 +54,13 @@ def compare(root, out, opts=()):
         run_dir = os.path.join(out, name)
         path = os.path.join(REPO, config)
         extra = ["DATASETS.ROOT", root, "OUTPUT_DIR", run_dir, *opts]
+        start, cpu = time.perf_counter(), time.process_time()
         train_net.main(train_net.default_argument_parser().parse_args(["--config-file", path, *extra]))
-        res[name] = score_run(get_dg_cfg(path, extra), run_dir)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        res[name] = {**score_run(get_dg_cfg(path, extra), run_dir), "train_s": seconds, "train_cpu_s": cpu}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "scores.json"), "w") as f:
+        json.dump({"opts": list(opts), "scores": res}, f, indent=1)
     return res
 
 
