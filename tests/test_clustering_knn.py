@@ -54,8 +54,8 @@ def test_ivf_probing_every_cell_and_hnsw_searching_everything_equal_exact():
 
 
 def test_approximate_settings_reach_recall_099_and_the_same_clusters():
-    """2,000 structured points: IVF (nlist 4 sqrt(N) = 178, nprobe 16) and HNSW (m 16, ef 40 / 64),
-    the config defaults, find >= 99% of the exact 30-NN; measured 0.9975 / 0.9990 (2026-12-01). A
+    """2,000 structured points: IVF (nlist 4 sqrt(N) = 178, nprobe 16) and HNSW (m 16, ef 40 / 64)
+    find >= 99% of the exact 30-NN; measured 0.9975 / 0.9990 (2026-12-01). A
     visibly weaker setting (IVF probing 1 cell of 178) is below 0.99, so the test can fail."""
     x, ids = _structured(2000)
     exact = pl.knn_search(x, 30, use_gpu=False)

@@ -196,7 +196,7 @@ def test_approximate_knn_of_both_clusterings_comes_from_the_config(monkeypatch, 
     build_trainer(STAGE1, synthetic_root, tmp_path, *hnsw).extra_hooks[0].cluster(x, indep_threshold=None)
     clustering_fn(load_cfg(STAGE1, synthetic_root, tmp_path))(x)
     assert calls == [("faiss-ivf", {"nlist": 4, "nprobe": 2}),
-                     ("faiss-hnsw", {"m": 16, "ef_construction": 40, "ef_search": 48}),
+                     ("faiss-hnsw", {"m": 32, "ef_construction": 80, "ef_search": 48}),
                      ("auto", None)]
 
 
