@@ -54,6 +54,10 @@ def test_stage1_compare_scores_labels_against_the_hidden_ids(synthetic_root, tmp
     # rows C = 1 + 1 = 2, columns C = 3 + 1 = 4, C(6, 2) = 15: (1 - 8/15) / (3 - 8/15)
     assert (s["clusters"], s["kept"], s["purity"], s["true_ids"]) == (2, 4 / 6, 0.75, 3)
     assert s["ari"] == pytest.approx((1 - 8 / 15) / (3 - 8 / 15))
+    # chance purity of two 2-image clusters over ids a a b b: pure with probability 2/6 (purity 1),
+    # else 1/2: 1/3 + 2/3 * 1/2 = 2/3 (4,000 seeded draws)
+    chance = cmp.label_scores([0, 0, 1, 1], list("aabb"), permutations=4000)["purity_chance"]
+    assert chance == pytest.approx(2 / 3, abs=0.02)
     cfg = load_cfg(cmp.CONFIGS["spcl"], synthetic_root, tmp_path)
     from plugins.data.build import load_train_items
     items = load_train_items(cfg, list(cfg.DOMAINMIX.UNLABELLED))

@@ -25,14 +25,22 @@ CONFIGS = {"spcl": "projects/DomainMix/configs/Synthetic/stage1_spcl.yml",
            "outer_loop": "projects/DomainMix/configs/Synthetic/stage1_outer_loop.yml"}
 
 
-def label_scores(labels, truth):
-    """labels [N] (-1 = not in a cluster), truth [N] ids -> {clusters, kept, purity, ari, true_ids}."""
+def label_scores(labels, truth, permutations=20, seed=0):
+    """labels [N] (-1 = not in a cluster), truth [N] ids -> {clusters, kept, purity, purity_chance,
+    ari, true_ids}. purity_chance: the mean purity of the same clusters (same sizes) filled with
+    randomly permuted ids (`permutations` draws, fixed seed), the level a labelling that knows
+    nothing reaches; the ARI's chance level is 0 by construction."""
     from plugins.clustering import adjusted_rand, cluster_stats
     labels = np.asarray(labels, dtype=np.int64)
     truth = np.unique(np.asarray(truth), return_inverse=True)[1]
     stats = cluster_stats(labels, truth)
-    return {"clusters": stats["clusters"], "kept": float((labels >= 0).mean()),
-            "purity": stats["purity"], "ari": adjusted_rand(labels, truth), "true_ids": stats["true_ids"]}
+    kept = labels >= 0
+    rng = np.random.default_rng(seed)
+    chance = [cluster_stats(labels[kept], rng.permutation(truth[kept]))["purity"] for _ in range(permutations)] \
+        if kept.any() else [0.0]
+    return {"clusters": stats["clusters"], "kept": float(kept.mean()), "purity": stats["purity"],
+            "purity_chance": float(np.mean(chance)), "ari": adjusted_rand(labels, truth),
+            "true_ids": stats["true_ids"]}
 
 
 def score_run(cfg, out_dir):
