@@ -7,6 +7,7 @@ Run from the repository root:
     python -m tools.bench [...]                  # make bench
     python -m tools.compare [...]                # make compare
     python -m tools.bench_evaluator [...]        # evaluator / re-ranking benchmark
+    python -m tools.bench_cluster [...]          # clustering: exact vs approximate k-NN (30k x 2048-d)
     python -m tools.run <Project> <tool> [...]   # projects/<Project>/tools/<tool>.py, e.g. ADIN bench
 
 **What a project contributes to `make bench` / `make compare`** is declared in its
