@@ -30,7 +30,7 @@ import torch
 
 from plugins.compat import _faiss_has_gpu
 
-__all__ = ["knn", "knn_backend", "INDEX_PARAMS", "ivf_cells", "encoding", "SharedMass", "shared_mass", "jaccard_from_mass", "pair_sq_dist", "pair_dots"]
+__all__ = ["knn", "knn_backend", "INDEX_PARAMS", "index_params_for", "ivf_cells", "encoding", "SharedMass", "shared_mass", "jaccard_from_mass", "pair_sq_dist", "pair_dots"]
 
 _BACKENDS = ("auto", "faiss", "torch", "faiss-hnsw", "faiss-ivf")
 # parameters of the approximate indexes (`knn(index_params=...)`) and their defaults; 0 = derived
@@ -90,7 +90,7 @@ def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False, index_p
     n = x.shape[0]
     k = min(int(k), n)
     lib, device = knn_backend(backend, cpu, row_max)
-    params = _index_params(lib, index_params)
+    params = index_params_for(lib, index_params)
     if row_max and lib in ("faiss-hnsw", "faiss-ivf"):
         raise ValueError(f"k-NN backend {backend!r} is approximate: it cannot give the row maxima "
                          "the 'zhong' re-ranking needs; use an exact backend")
@@ -128,7 +128,7 @@ def _knn_torch(x, k, device, row_max, chunk_size):
     return idx, sqd, rmax
 
 
-def _index_params(lib, given):
+def index_params_for(lib, given):
     """INDEX_PARAMS[lib] updated with `given` (checked); {} for an exact backend given nothing."""
     if lib not in INDEX_PARAMS:
         if given:

@@ -19,7 +19,7 @@ def check_knn_method(method="exact", params=None):
     if method not in KNN_METHODS:
         raise ValueError(f"clustering k-NN method must be one of {tuple(KNN_METHODS)}, got {method!r}")
     backend = KNN_METHODS[method]
-    kr._index_params(backend or "faiss", params)     # raises on keys / values the backend does not take
+    kr.index_params_for(backend or "faiss", params)     # raises on keys / values the backend does not take
     return backend
 
 
