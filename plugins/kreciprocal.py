@@ -30,9 +30,13 @@ import torch
 
 from plugins.compat import _faiss_has_gpu
 
-__all__ = ["knn", "knn_backend", "encoding", "SharedMass", "shared_mass", "jaccard_from_mass", "pair_sq_dist", "pair_dots"]
+__all__ = ["knn", "knn_backend", "INDEX_PARAMS", "index_params_for", "ivf_cells", "encoding", "SharedMass", "shared_mass", "jaccard_from_mass", "pair_sq_dist", "pair_dots"]
 
 _BACKENDS = ("auto", "faiss", "torch", "faiss-hnsw", "faiss-ivf")
+# parameters of the approximate indexes (`knn(index_params=...)`) and their defaults; 0 = derived
+# from N: IVF nlist = 4 sqrt(N) cells (at most N), nprobe = nlist // 16 cells visited per query
+INDEX_PARAMS = {"faiss-hnsw": {"m": 32, "ef_construction": 80, "ef_search": 128},
+                "faiss-ivf": {"nlist": 0, "nprobe": 0}}
 
 
 # ---------------------------------------------------------------------------- kNN
@@ -68,7 +72,7 @@ def knn_backend(backend="auto", cpu=False, row_max=False):
     return "faiss", "cpu"
 
 
-def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False):
+def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False, index_params=None):
     """The k nearest rows of x for every row by squared Euclidean distance.
 
     x: float32 [N, D] (numpy or tensor). Returns (idx int64 [N, min(k, N)], sqd float32 [N,
@@ -76,13 +80,17 @@ def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False):
     duplicate cannot displace it), sqd their squared distances; entries an approximate index did
     not find are -1 (exact backends return none). rmax: float32 [N] maximum squared distance
     of each row to all rows (row_max=True; else None). The torch search runs `chunk_size` rows at
-    a time: memory 8 x chunk_size x N bytes. backend, cpu: see `knn_backend`. Raises ValueError
-    for an unknown backend, or row_max with an approximate one.
+    a time: memory 8 x chunk_size x N bytes. backend, cpu: see `knn_backend`. index_params:
+    parameters of an approximate backend overriding `INDEX_PARAMS[backend]` (faiss-hnsw: m,
+    ef_construction, ef_search; faiss-ivf: nlist, nprobe, both clamped to N and nlist). Raises
+    ValueError for an unknown backend, row_max with an approximate one, or index_params that are
+    not that backend's (names the accepted keys) or not positive integers (0 allowed for IVF's).
     """
     x = np.ascontiguousarray(torch.as_tensor(x).detach().float().cpu().numpy())
     n = x.shape[0]
     k = min(int(k), n)
     lib, device = knn_backend(backend, cpu, row_max)
+    params = index_params_for(lib, index_params)
     if row_max and lib in ("faiss-hnsw", "faiss-ivf"):
         raise ValueError(f"k-NN backend {backend!r} is approximate: it cannot give the row maxima "
                          "the 'zhong' re-ranking needs; use an exact backend")
@@ -90,7 +98,7 @@ def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False):
     if lib == "torch":
         idx, sqd, rmax = _knn_torch(x, k, device, row_max, chunk_size)
     else:
-        idx, sqd = _knn_faiss(x, k, lib, device)
+        idx, sqd = _knn_faiss(x, k, lib, device, params)
         if row_max:
             rmax = _row_max_faiss(x, device)
     return (*_self_first(idx, sqd), rmax)
@@ -120,24 +128,51 @@ def _knn_torch(x, k, device, row_max, chunk_size):
     return idx, sqd, rmax
 
 
-def _faiss_index(d, lib, device, n):
+def index_params_for(lib, given):
+    """INDEX_PARAMS[lib] updated with `given` (checked); {} for an exact backend given nothing."""
+    if lib not in INDEX_PARAMS:
+        if given:
+            raise ValueError(f"index_params {dict(given)} given for the exact k-NN backend {lib!r}; "
+                             f"only {tuple(INDEX_PARAMS)} take parameters")
+        return {}
+    params = dict(INDEX_PARAMS[lib])
+    for key, value in dict(given or {}).items():
+        if key not in params:
+            raise ValueError(f"k-NN backend {lib!r} takes index_params {tuple(params)}, got {key!r}")
+        lowest = 0 if lib == "faiss-ivf" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+            raise ValueError(f"k-NN backend {lib!r}: index_params[{key!r}] must be an integer >= {lowest}, "
+                             f"got {value!r}")
+        params[key] = int(value)
+    return params
+
+
+def ivf_cells(n, nlist=0, nprobe=0):
+    """(nlist, nprobe) an IVF index over n items uses: 0 = 4 sqrt(n) cells / nlist // 16 probes;
+    nlist at most n (k-means needs a point a cell), nprobe at most nlist, both at least 1."""
+    nlist = min(n, nlist or max(1, int(4 * np.sqrt(n))))
+    return max(1, nlist), max(1, min(nlist, nprobe or nlist // 16))
+
+
+def _faiss_index(d, lib, device, n, params=None):
     import faiss
+    params = params or INDEX_PARAMS.get(lib, {})
     if lib == "faiss-hnsw":
-        index = faiss.IndexHNSWFlat(d, 32)
-        index.hnsw.efConstruction, index.hnsw.efSearch = 80, 128
+        index = faiss.IndexHNSWFlat(d, params["m"])
+        index.hnsw.efConstruction, index.hnsw.efSearch = params["ef_construction"], params["ef_search"]
         return index
     if lib == "faiss-ivf":
-        nlist = max(1, int(4 * np.sqrt(n)))
+        nlist, nprobe = ivf_cells(n, params["nlist"], params["nprobe"])
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        index.nprobe = max(1, nlist // 16)
+        index.nprobe = nprobe
         return index
     index = faiss.IndexFlatL2(d)
     return faiss.index_cpu_to_all_gpus(index) if device == "cuda" else index
 
 
-def _knn_faiss(x, k, lib, device):
+def _knn_faiss(x, k, lib, device, params=None):
     n, d = x.shape
-    index = _faiss_index(d, lib, device, n)
+    index = _faiss_index(d, lib, device, n, params)
     if not index.is_trained:
         index.train(x)
     index.add(x)

@@ -9,6 +9,7 @@ Run from the repository root:
     python -m tools.bench_evaluator [...]        # evaluator / re-ranking benchmark
     python -m tools.dump_configs OUT [...]       # every shipped config fully merged, to diff
     python -m tools.diagnostics RUN NAME [...]   # did the mechanism act in a run (issue #21)
+    python -m tools.bench_cluster [...]          # clustering: exact vs approximate k-NN (30k x 2048-d)
     python -m tools.run <Project> <tool> [...]   # projects/<Project>/tools/<tool>.py, e.g. ADIN bench
 
 **What a project contributes to `make bench` / `make compare`** is declared in its

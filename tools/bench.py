@@ -14,10 +14,12 @@
   similarity product and plain exact evaluation, with peak resident memory (goal <= 4 GB;
   measured 2026-11-30: 0.60x the product, 4.0x plain evaluation, 3.32 GB);
 - each project's `BENCH.extra()` (e.g. clustering time, QAConv throughput; TAL's evaluation memory
-  at Market-1501 and MSMT17 test size: projects/TAL/tools/bench.py memory_bench).
+  at Market-1501 and MSMT17 test size: projects/TAL/tools/bench.py memory_bench);
+- clustering of MSMT17-size training features (30,248 x 2048-d, `tools/bench_cluster.py`): exact
+  k-NN against faiss IVF / HNSW, seconds, peak memory, recall@k1 and agreement of the labels.
 
     python -m tools.bench [--iters 10 (rounds)] [--only PAOA] [--skip-eval] [--rerank-size 1]
-                          [--json out.json]
+                          [--cluster-size 30248] [--json out.json]
 """
 import argparse
 import datetime
@@ -139,10 +141,12 @@ def main(argv=None):
                    help="re-ranking case as a fraction of the MSMT17 test size (0: skip). Time grows "
                         "as the square: the full size took 14 min on a quiet 2-core VM "
                         "(2026-11-30)")
+    p.add_argument("--cluster-size", type=int, default=30248,
+                   help="features clustered exactly and approximately (tools/bench_cluster.py; 0: skip)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     ensure_benchmark(args.root)
-    report = {"machine": machine(), "steps": {}, "evaluator": None, "rerank": None, "extra": {}}
+    report = {"machine": machine(), "steps": {}, "evaluator": None, "rerank": None, "extra": {}, "cluster": None}
     print(f"machine: {report['machine']}\n")
     benches = {name: mod.BENCH for name, mod in project_settings().items() if hasattr(mod, "BENCH")
                and (not args.only or any(o.lower() == name.lower() for o in args.only))}
@@ -182,6 +186,11 @@ def main(argv=None):
         report["rerank"] = res
         print()
         _print_rerank(res)
+    if args.cluster_size > 0:
+        from tools.bench_cluster import bench_cluster, print_report
+        report["cluster"] = bench_cluster(args.cluster_size)
+        print()
+        print_report(report["cluster"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2, default=str)

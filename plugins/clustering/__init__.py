@@ -12,6 +12,9 @@ The Jaccard distance is the k-reciprocal encoding of Zhong et al. (CVPR 2017) as
     the rows of the k2 nearest images (self included);
   - d_J(i, j) = 1 - sum_c min(V_ic, V_jc) / sum_c max(V_ic, V_jc) = 1 - s / (2 - s)  (rows sum to 1).
 The computation is `plugins.kreciprocal`'s (shared with the exact re-ranking of the evaluator).
+The k-NN lists may instead come from an approximate faiss index (`knn_method` "ivf" / "hnsw" of
+`cluster_pseudo_labels`, `spcl_cluster`, `jaccard_distance_sparse`), faster on large sets
+at a measured recall (`tools/bench_cluster.py`); "exact" (the default) is the recipe above.
 Everything is sparse (V has at most a few hundred non-zeros a row), so memory is O(N k1^2), not
 O(N^2): `jaccard_distance_sparse` keeps only the pairs below `max_dist` (the others are at distance
 1, i.e. share no support); DBSCAN with eps < 1 on it gives exactly the labels of the dense matrix.
@@ -28,10 +31,10 @@ from .dbscan import cluster_pseudo_labels, dbscan_labels
 from .features import extract_features
 from .hook import PseudoLabelHook, PseudoLabels
 from .jaccard import jaccard_distance, jaccard_distance_sparse
-from .knn import knn_search
+from .knn import KNN_METHODS, check_knn_method, knn_search
 from .label_io import read_labels, write_labels
-from .refine import cluster_stats, refine_clusters
+from .refine import adjusted_rand, cluster_stats, refine_clusters
 
-__all__ = ["jaccard_distance", "jaccard_distance_sparse", "knn_search", "dbscan_labels",
-           "refine_clusters", "cluster_pseudo_labels", "cluster_stats", "extract_features",
+__all__ = ["jaccard_distance", "jaccard_distance_sparse", "knn_search", "KNN_METHODS", "check_knn_method", "dbscan_labels",
+           "refine_clusters", "cluster_pseudo_labels", "cluster_stats", "adjusted_rand", "extract_features",
            "PseudoLabels", "PseudoLabelHook", "read_labels", "write_labels"]

@@ -40,11 +40,13 @@ def _prepare(features):
     return F.normalize(x, dim=1).numpy()
 
 
-def jaccard_distance_sparse(features, k1=30, k2=6, max_dist=1.0, use_gpu=None):
+def jaccard_distance_sparse(features, k1=30, k2=6, max_dist=1.0, use_gpu=None, knn_method="exact",
+                            knn_params=None):
     """scipy CSR [N, N] float32 of the Jaccard distances <= max_dist (stored, zeros included);
-    every pair not stored is at distance >= max_dist (1 when nothing is shared)."""
+    every pair not stored is at distance >= max_dist (1 when nothing is shared). knn_method /
+    knn_params: the k-NN lists' search (`knn_search`'s method / params; "exact" by default)."""
     x = _prepare(features)
-    rank, sims = knn_search(x, k1, use_gpu, return_sims=True)
+    rank, sims = knn_search(x, k1, use_gpu, return_sims=True, method=knn_method, params=knn_params)
     return _jaccard_from_encoding(_encoding(x, rank, sims, k1, k2), max_dist)
 
 

@@ -1,7 +1,7 @@
 """Cluster refinement (Eq. 1 of DomainMix: size bounds) and cluster statistics."""
 import numpy as np
 
-__all__ = ["refine_clusters", "cluster_stats"]
+__all__ = ["refine_clusters", "cluster_stats", "adjusted_rand"]
 
 
 def refine_clusters(labels, min_size=5, max_size=120):
@@ -38,3 +38,17 @@ def cluster_stats(labels, truth=None):
         out["purity"] = float(majority / max(kept.sum(), 1))
         out["true_ids"] = int(len(np.unique(truth)))
     return out
+
+
+def adjusted_rand(labels, reference):
+    """Adjusted Rand index (sklearn) of two labellings of the same N images, an image at -1
+    (outside every cluster) counted as a cluster of its own in either; 1.0 = the same partition.
+    Raises ValueError when the lengths differ."""
+    from sklearn.metrics import adjusted_rand_score
+    a, b = (np.asarray(v, dtype=np.int64) for v in (labels, reference))
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"adjusted_rand needs two labellings of the same images, got shapes {a.shape} and {b.shape}")
+
+    def apart(v):
+        return np.where(v >= 0, v, v.max(initial=-1) + 1 + np.arange(len(v)))
+    return float(adjusted_rand_score(apart(b), apart(a)))

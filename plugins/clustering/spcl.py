@@ -234,12 +234,14 @@ def self_paced_labels(labels, labels_tight, labels_loose, indep_threshold=None, 
 
 
 def spcl_cluster(features, k1=30, k2=6, eps=0.6, eps_gap=0.02, min_samples=4, indep_threshold=None,
-                 quantile=0.9, use_gpu=None):
-    """One SpCL re-clustering of target features [T, D]: k-reciprocal Jaccard distance, DBSCAN at
-    eps - gap, eps, eps + gap, then `self_paced_labels`. Returns its (labels, threshold, stats)."""
+                 quantile=0.9, use_gpu=None, knn_method="exact", knn_params=None):
+    """One SpCL re-clustering of target features [T, D]: k-reciprocal Jaccard distance (its k-NN
+    by `knn_method` / `knn_params`, see `plugins.clustering.knn_search`), DBSCAN at eps - gap,
+    eps, eps + gap, then `self_paced_labels`. Returns its (labels, threshold, stats)."""
     if not 0 < eps_gap < eps:
         raise ValueError(f"SpCL needs 0 < eps_gap < eps, got eps {eps}, eps_gap {eps_gap}")
-    d = jaccard_distance_sparse(features, k1, k2, max_dist=min(eps + eps_gap, 1.0), use_gpu=use_gpu)
+    d = jaccard_distance_sparse(features, k1, k2, max_dist=min(eps + eps_gap, 1.0), use_gpu=use_gpu,
+                                knn_method=knn_method, knn_params=knn_params)
     lab = [dbscan_labels(d, e, min_samples) for e in (eps, eps - eps_gap, eps + eps_gap)]
     return self_paced_labels(*lab, indep_threshold=indep_threshold, quantile=quantile)
 

@@ -38,6 +38,7 @@ from plugins.engine.step import unwrap
 from plugins.registry import TRAINER_REGISTRY
 
 from .data import build_unlabelled_loaders, split_sources
+from .trainer import knn_options
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +154,7 @@ class DomainMixSpCLTrainer(DGTrainer):
     def build_extra_hooks(self, cfg):
         p, s = cfg.DOMAINMIX.PSEUDO, cfg.DOMAINMIX.SPCL
         cluster = functools.partial(spcl_cluster, k1=p.K1, k2=p.K2, eps=p.EPS, eps_gap=s.EPS_GAP,
-                                    min_samples=p.MIN_SAMPLES, quantile=s.INDEP_QUANTILE,
-                                    use_gpu=None if p.USE_GPU else False)
+                                    min_samples=p.MIN_SAMPLES, quantile=s.INDEP_QUANTILE, **knn_options(cfg))
         return [SpCLHook(lambda: unwrap(self.model).memory, self.init_memory, cluster, self.on_labels,
                          [it[0] for it in self.target_items(cfg)], cfg.OUTPUT_DIR)]
 

@@ -176,3 +176,39 @@ def test_clustering_knn_runs_on_the_gpu_when_there_is_one(monkeypatch, synthetic
     t = build_trainer(STAGE1, synthetic_root, tmp_path, "DOMAINMIX.PSEUDO.USE_GPU", str(use_gpu))
     t.extra_hooks[0].cluster(x, indep_threshold=None)
     assert chosen == [expected, expected]
+
+
+def test_approximate_knn_of_both_clusterings_comes_from_the_config(monkeypatch, synthetic_root, tmp_path):
+    """#17 Performance: DOMAINMIX.PSEUDO.KNN.METHOD ivf / hnsw reaches the k-NN of DomainMix's
+    clustering_fn and of SpCL's hook with the KNN.* values; "exact" (the default) passes none."""
+    from domainmix.trainer import clustering_fn
+    from plugins import kreciprocal as kr
+    calls, orig = [], kr.knn
+
+    def knn(x, k, backend="auto", row_max=False, chunk_size=1024, cpu=False, index_params=None):
+        calls.append((backend, index_params))
+        return orig(x, k, backend, row_max, chunk_size, cpu, index_params)
+    monkeypatch.setattr(kr, "knn", knn)
+    x = torch.randn(40, 8)
+    ivf = ("DOMAINMIX.PSEUDO.KNN.METHOD", "ivf", "DOMAINMIX.PSEUDO.KNN.IVF_NLIST", "4", "DOMAINMIX.PSEUDO.KNN.IVF_NPROBE", "2")
+    clustering_fn(load_cfg(STAGE1, synthetic_root, tmp_path, *ivf))(x)
+    hnsw = ("DOMAINMIX.PSEUDO.KNN.METHOD", "hnsw", "DOMAINMIX.PSEUDO.KNN.HNSW_EF_SEARCH", "48")
+    build_trainer(STAGE1, synthetic_root, tmp_path, *hnsw).extra_hooks[0].cluster(x, indep_threshold=None)
+    clustering_fn(load_cfg(STAGE1, synthetic_root, tmp_path))(x)
+    assert calls == [("faiss-ivf", {"nlist": 4, "nprobe": 2}),
+                     ("faiss-hnsw", {"m": 32, "ef_construction": 80, "ef_search": 48}),
+                     ("auto", None)]
+
+
+@pytest.mark.parametrize("opts,message", [
+    (("DOMAINMIX.PSEUDO.KNN.METHOD", "flat"),
+     r"DOMAINMIX.PSEUDO.KNN.METHOD: clustering k-NN method must be one of \('exact', 'ivf', 'hnsw'\), got 'flat'"),
+    (("DOMAINMIX.PSEUDO.KNN.METHOD", "ivf", "DOMAINMIX.PSEUDO.KNN.IVF_NPROBE", "-2"),
+     r"DOMAINMIX.PSEUDO.KNN.IVF_NPROBE \(KNN.METHOD 'ivf'\): k-NN backend 'faiss-ivf': "
+     r"index_params\['nprobe'\] must be an integer >= 0, got -2"),
+    (("DOMAINMIX.PSEUDO.KNN.METHOD", "hnsw", "DOMAINMIX.PSEUDO.KNN.HNSW_M", "0"),
+     r"DOMAINMIX.PSEUDO.KNN.HNSW_M \(KNN.METHOD 'hnsw'\): .* must be an integer >= 1, got 0"),
+])
+def test_bad_knn_config_fails_when_the_trainer_is_built(synthetic_root, tmp_path, opts, message):
+    with pytest.raises(ValueError, match=message):
+        build_trainer(STAGE1, synthetic_root, tmp_path, *opts)
