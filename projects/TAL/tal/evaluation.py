@@ -41,6 +41,24 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 STORE_HINT = "set TAL.EVAL.STORE_DIR to a writable directory with room for the test maps"
 
 
+def check_eval_config(cfg):
+    """The torch dtype of TAL.EVAL.FEATURE_DTYPE, after checking TAL.EVAL's budgets. Raises
+    ValueError naming the key and what it expects (a negative DEVICE_MEMORY_MB would otherwise fail
+    deep inside, a non-positive MEMORY_MB / negative TOPK silently mean one pair per block / all
+    pairs)."""
+    e = cfg.TAL.EVAL
+    if e.FEATURE_DTYPE not in DTYPES:
+        raise ValueError(f"TAL.EVAL.FEATURE_DTYPE must be 'float32' or 'float16', got {e.FEATURE_DTYPE!r}")
+    if not e.MEMORY_MB > 0:
+        raise ValueError(f"TAL.EVAL.MEMORY_MB must be > 0 (MiB per scoring block), got {e.MEMORY_MB}")
+    if not e.DEVICE_MEMORY_MB >= 0:
+        raise ValueError(f"TAL.EVAL.DEVICE_MEMORY_MB must be >= 0 (MiB of gallery maps on the device; 0: none), "
+                         f"got {e.DEVICE_MEMORY_MB}")
+    if e.TOPK < 0:
+        raise ValueError(f"TAL.EVAL.TOPK must be >= 0 (0: every pair rescored), got {e.TOPK}")
+    return DTYPES[e.FEATURE_DTYPE]
+
+
 def store_directory(cfg, prefix):
     """A fresh temporary directory for a feature store inside TAL.EVAL.STORE_DIR (default
     OUTPUT_DIR, "." without one); the caller removes it. Raises FeatureStoreError naming the
@@ -168,12 +186,18 @@ class TALEvaluator(DGReidEvaluator):
     def __init__(self, cfg, num_query, model, output_dir=None):
         super().__init__(cfg, num_query, output_dir)
         self.model = model.module if hasattr(model, "module") else model
-        self.dtype = DTYPES[cfg.TAL.EVAL.FEATURE_DTYPE]
+        self.dtype = check_eval_config(cfg)
         self._store = self._dir = self._reader = None
         self.shared_store = None   # after evaluate under DDP: True = shards mapped, False = streamed
 
     def reset(self):
         super().reset()
+        self._cleanup()
+
+    def close(self):
+        """Remove the store (its directory, open file and mappings); `evaluate` does it itself, this
+        is for an evaluation that stopped before (an exception or KeyboardInterrupt while the test
+        set is extracted: TALTrainer.test calls it). Idempotent."""
         self._cleanup()
 
     def _cleanup(self):

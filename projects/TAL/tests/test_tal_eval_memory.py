@@ -275,3 +275,91 @@ def test_a_full_disk_names_the_store_and_the_key_and_leaves_nothing(tmp_path, mo
     cfg.TAL.EVAL.STORE_DIR = str(bad)
     with pytest.raises(OSError, match=f"feature store directory {bad}: cannot create a temporary directory in it"):
         TALEvaluator(cfg, NUM_QUERY, model).process({"targets": pids[:4], "camids": cams[:4]}, feats[:4])
+
+
+def _open_fds_under(path):
+    """Paths under `path` this process still holds open (deleted files included)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            held.append(target)
+    return held
+
+
+def test_an_interrupted_evaluation_removes_its_store(synthetic_root, tmp_path, monkeypatch):
+    """KeyboardInterrupt after the first test batch (evaluate never runs): TALTrainer.test closes
+    the evaluator it built, so no store directory (the size of the test maps) and no open file
+    is left behind; the next test set is unaffected."""
+    import plugins.engine.trainer as engine_trainer
+    from tal.trainer import TALTrainer
+    store = tmp_path / "store dir"     # a space in the path
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, *TINY, *SMALL, "OUTPUT_DIR", str(tmp_path / "out"),
+                             "TAL.EVAL.STORE_DIR", str(store)])
+    model = _model(cfg)
+
+    def interrupted(model, loader, evaluator, flip=False):
+        evaluator.reset()
+        batch = next(iter(loader))
+        from plugins.engine.tta import extract
+        evaluator.process(batch, extract(model, batch))
+        assert len(os.listdir(store)) == 1 and evaluator._store.rows == len(batch["targets"])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine_trainer, "run_inference", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        TALTrainer.test(cfg, model)
+    assert info.traceback    # the frames (and the evaluator in them) are still alive here
+    assert os.listdir(store) == [] and _open_fds_under(store) == []
+
+
+def test_an_interrupted_graph_extraction_leaves_no_file_open(synthetic_root, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    import tal.trainer as tal_trainer
+    from plugins.data import build_dg_train_set
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, *TINY, *SMALL, "OUTPUT_DIR", str(tmp_path)])
+    model = _model(cfg)
+    items = build_dg_train_set(cfg).img_items
+    calls = []
+
+    def extract(model, batch):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return torch.zeros(len(batch["targets"]), sum(int(torch.Size(s).numel()) for _, s in model.feature_layout()))
+    monkeypatch.setattr(tal_trainer, "extract", extract)
+    cfg.TEST.IMS_PER_BATCH = 4
+    trainer = SimpleNamespace(model=model, cfg=cfg, _trainer=SimpleNamespace(
+        data_loader=SimpleNamespace(dataset=SimpleNamespace(img_items=items))))
+    with pytest.raises(KeyboardInterrupt) as info:
+        tal_trainer.TALTrainer.graph_distance(trainer, list(range(12)))
+    assert info.traceback and calls == [1]
+    assert os.listdir(tmp_path) == [] and _open_fds_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("DEVICE_MEMORY_MB", -1.0, "TAL.EVAL.DEVICE_MEMORY_MB must be >= 0 (MiB of gallery maps on the device; 0: "
+                               "none), got -1.0"),
+    ("MEMORY_MB", 0, "TAL.EVAL.MEMORY_MB must be > 0 (MiB per scoring block), got 0"),
+    ("MEMORY_MB", -5, "TAL.EVAL.MEMORY_MB must be > 0 (MiB per scoring block), got -5"),
+    ("TOPK", -3, "TAL.EVAL.TOPK must be >= 0 (0: every pair rescored), got -3"),
+    ("FEATURE_DTYPE", "bfloat16", "TAL.EVAL.FEATURE_DTYPE must be 'float32' or 'float16', got 'bfloat16'"),
+])
+def test_bad_evaluation_budgets_name_the_key(tmp_path, key, value, expected):
+    """Before, a negative DEVICE_MEMORY_MB failed deep inside with 'negative dimension -820', a
+    negative MEMORY_MB / TOPK silently meant one pair per block / all pairs, and an unknown dtype
+    was a bare KeyError."""
+    from types import SimpleNamespace
+    from tal.trainer import TALTrainer
+    cfg = _cfg(tmp_path)
+    model = _model(cfg)
+    cfg.TAL.EVAL[key] = value
+    with pytest.raises(ValueError) as info:
+        TALEvaluator(cfg, NUM_QUERY, model)
+    assert str(info.value) == expected
+    trainer = SimpleNamespace(model=model, cfg=cfg)
+    with pytest.raises(ValueError) as info:
+        TALTrainer.graph_distance(trainer, [0, 1])
+    assert str(info.value) == expected and os.listdir(tmp_path) == []
