@@ -102,6 +102,10 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
     map_bytes = 4 * (g_src.shape[1] - dg)
     # a block's own maps: the stored row read, its float32 copy and the matcher's reshaped copy
     item_bytes = row_bytes + 2 * 4 * g_src.shape[1]
+    need_mb = 2 * max(pair_bytes, 2 * item_bytes) / 2 ** 20   # one 1 x 1 block (qaconv.block_shape)
+    if memory_mb < need_mb:
+        logger.warning(f"TAL.EVAL.MEMORY_MB {memory_mb:g} is below one scoring block of 1 query x 1 gallery "
+                       f"image ({need_mb:.3g} MiB with this model's maps): blocks of one pair use that much")
     # rows per read when filling the cache / the global descriptors: a quarter of the block budget
     io_rows = max(1, int(memory_mb * 2 ** 20 // 4 // max(1, row_bytes)))
     if not gallery_on_device:

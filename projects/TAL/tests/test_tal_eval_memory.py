@@ -363,3 +363,24 @@ def test_bad_evaluation_budgets_name_the_key(tmp_path, key, value, expected):
     with pytest.raises(ValueError) as info:
         TALTrainer.graph_distance(trainer, [0, 1])
     assert str(info.value) == expected and os.listdir(tmp_path) == []
+
+
+def test_a_budget_below_one_block_is_said_and_used_as_the_minimum(tmp_path, caplog):
+    """MEMORY_MB below one 1 x 1 block (half the budget for the pair, half for the two images'
+    maps: stored row + 2 float32 copies each): blocks of one pair, and a warning with the minimum."""
+    import logging
+    cfg = _cfg(tmp_path)
+    model = _model(cfg)
+    feats = _data(model, 6)[0]
+    item = feats.shape[1] * (4 + 8)                                   # float32 row + 2 float32 copies
+    need = 2 * max(model.pair_bytes(), 2 * item) / 2 ** 20
+    ref = qaconv_dist_fn(model, feats[:2], feats[2:], 1024)(0, 2)
+    with caplog.at_level(logging.WARNING, logger="tal.evaluation"):
+        got = qaconv_dist_fn(model, feats[:2], feats[2:], need / 3)(0, 2)
+        assert caplog.messages == [f"TAL.EVAL.MEMORY_MB {need / 3:g} is below one scoring block of 1 query x 1 "
+                                   f"gallery image ({need:.3g} MiB with this model's maps): blocks of one pair "
+                                   "use that much"]
+        caplog.clear()
+        qaconv_dist_fn(model, feats[:2], feats[2:], need)(0, 2)
+        assert caplog.messages == []
+    assert torch.allclose(got, ref, atol=1e-5)
