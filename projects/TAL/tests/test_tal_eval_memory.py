@@ -119,7 +119,7 @@ def test_device_budget_streams_every_uncached_gallery_row_once_per_block_row(tmp
     rows.close()
 
 
-def _ddp_worker(rank, world_size, out, force_stream):
+def _ddp_worker(rank, world_size, out, force_stream, split=13):
     import tal.evaluation as te
     from plugins.evaluation.feature_store import FeatureStoreError
     cfg = _cfg(os.path.join(out, f"rank{rank}"), "TEST.CHUNK_SIZE", "4", "TAL.EVAL.FEATURE_DTYPE", "float16",
@@ -130,18 +130,20 @@ def _ddp_worker(rank, world_size, out, force_stream):
         def unseen(*a, **k):
             raise FeatureStoreError(2, "not visible")
         te.MappedRows = unseen
-    bounds = [0, 13, N] if world_size == 2 else [0, N]   # uneven shards, split inside the gallery
+    bounds = [0, split, N] if world_size == 2 else [0, N]   # uneven shards (split inside the gallery) or one empty
     res, ev = _run(TALEvaluator, cfg, model, feats, pids, cams, (bounds[rank], bounds[rank + 1]), batch=3)
     left = os.listdir(os.path.join(out, "store"))
     return res, ev.shared_store, left
 
 
-@pytest.mark.parametrize("force_stream", [False, True])
-def test_two_processes_equal_one_without_gathering_the_maps(tmp_path, force_stream):
+@pytest.mark.parametrize("force_stream, split", [(False, 13), (True, 13), (True, N)])
+def test_two_processes_equal_one_without_gathering_the_maps(tmp_path, force_stream, split):
+    """split N: process 1 has no test image (an empty shard, streamed as zero rows)."""
     cfg = _cfg(tmp_path, "TEST.CHUNK_SIZE", "4", "TAL.EVAL.FEATURE_DTYPE", "float16")
     model = _model(cfg)
     old, _ = _run(InMemory, cfg, model, *_data(model))
-    (two0, shared0, left0), (two1, shared, left1) = run_gloo(_ddp_worker, 2, str(tmp_path / "two"), force_stream)
+    (two0, shared0, left0), (two1, shared, left1) = run_gloo(_ddp_worker, 2, str(tmp_path / "two"), force_stream,
+                                                             split)
     assert two0 == pytest.approx(old, abs=0) and two1 == {}     # 1 process: the tests above
     assert shared0 == shared == (not force_stream)
     assert left0 == []    # process 0 removed its directory; process 1 removed its own earlier
