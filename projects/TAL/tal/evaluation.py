@@ -41,6 +41,24 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 STORE_HINT = "set TAL.EVAL.STORE_DIR to a writable directory with room for the test maps"
 
 
+def check_eval_config(cfg):
+    """The torch dtype of TAL.EVAL.FEATURE_DTYPE, after checking TAL.EVAL's budgets. Raises
+    ValueError naming the key and what it expects (a negative DEVICE_MEMORY_MB would otherwise fail
+    deep inside, a non-positive MEMORY_MB / negative TOPK silently mean one pair per block / all
+    pairs)."""
+    e = cfg.TAL.EVAL
+    if e.FEATURE_DTYPE not in DTYPES:
+        raise ValueError(f"TAL.EVAL.FEATURE_DTYPE must be 'float32' or 'float16', got {e.FEATURE_DTYPE!r}")
+    if not e.MEMORY_MB > 0:
+        raise ValueError(f"TAL.EVAL.MEMORY_MB must be > 0 (MiB per scoring block), got {e.MEMORY_MB}")
+    if not e.DEVICE_MEMORY_MB >= 0:
+        raise ValueError(f"TAL.EVAL.DEVICE_MEMORY_MB must be >= 0 (MiB of gallery maps on the device; 0: none), "
+                         f"got {e.DEVICE_MEMORY_MB}")
+    if e.TOPK < 0:
+        raise ValueError(f"TAL.EVAL.TOPK must be >= 0 (0: every pair rescored), got {e.TOPK}")
+    return DTYPES[e.FEATURE_DTYPE]
+
+
 def store_directory(cfg, prefix):
     """A fresh temporary directory for a feature store inside TAL.EVAL.STORE_DIR (default
     OUTPUT_DIR, "." without one); the caller removes it. Raises FeatureStoreError naming the
@@ -84,6 +102,10 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
     map_bytes = 4 * (g_src.shape[1] - dg)
     # a block's own maps: the stored row read, its float32 copy and the matcher's reshaped copy
     item_bytes = row_bytes + 2 * 4 * g_src.shape[1]
+    need_mb = 2 * max(pair_bytes, 2 * item_bytes) / 2 ** 20   # one 1 x 1 block (qaconv.block_shape)
+    if memory_mb < need_mb:
+        logger.warning(f"TAL.EVAL.MEMORY_MB {memory_mb:g} is below one scoring block of 1 query x 1 gallery "
+                       f"image ({need_mb:.3g} MiB with this model's maps): blocks of one pair use that much")
     # rows per read when filling the cache / the global descriptors: a quarter of the block budget
     io_rows = max(1, int(memory_mb * 2 ** 20 // 4 // max(1, row_bytes)))
     if not gallery_on_device:
@@ -168,12 +190,18 @@ class TALEvaluator(DGReidEvaluator):
     def __init__(self, cfg, num_query, model, output_dir=None):
         super().__init__(cfg, num_query, output_dir)
         self.model = model.module if hasattr(model, "module") else model
-        self.dtype = DTYPES[cfg.TAL.EVAL.FEATURE_DTYPE]
+        self.dtype = check_eval_config(cfg)
         self._store = self._dir = self._reader = None
         self.shared_store = None   # after evaluate under DDP: True = shards mapped, False = streamed
 
     def reset(self):
         super().reset()
+        self._cleanup()
+
+    def close(self):
+        """Remove the store (its directory, open file and mappings); `evaluate` does it itself, this
+        is for an evaluation that stopped before (an exception or KeyboardInterrupt while the test
+        set is extracted: TALTrainer.test calls it). Idempotent."""
         self._cleanup()
 
     def _cleanup(self):

@@ -41,15 +41,25 @@ __all__ = ["GraphSampler", "GraphSamplerHook", "graph_batches", "broadcast_dista
 logger = logging.getLogger(__name__)
 
 
+SORT_ROWS = 256   # distance rows sorted at once by graph_batches (its memory: rows x num_ids x 24 B)
+
+
 def graph_batches(distance, ids_per_batch):
     """[num_ids, ids_per_batch] identity positions: row i = i then its nearest identities
-    (ascending distance, ties by position). `distance` is [num_ids, num_ids]."""
-    dist = torch.as_tensor(distance, dtype=torch.float64).clone()
-    n = dist.shape[0]
+    (ascending distance, ties by position). `distance` is [num_ids, num_ids]. Sorted SORT_ROWS
+    rows at a time (a float64 copy, its sorted values and indices: ~60 MB per block at 9,808
+    identities instead of ~2.3 GB for the whole matrix)."""
+    distance = torch.as_tensor(distance)
+    n = distance.shape[0]
     k = min(ids_per_batch, n) - 1
-    dist.fill_diagonal_(float("inf"))
-    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-    return torch.cat([torch.arange(n)[:, None], order], dim=1).numpy()
+    out = torch.empty((n, k + 1), dtype=torch.int64)
+    out[:, 0] = torch.arange(n)
+    for r0 in range(0, n, SORT_ROWS):
+        r1 = min(n, r0 + SORT_ROWS)
+        block = distance[r0:r1].to(torch.float64, copy=True)
+        block[torch.arange(r1 - r0), torch.arange(r0, r1)] = float("inf")   # self: last
+        out[r0:r1, 1:] = torch.sort(block, dim=1, stable=True).indices[:, :k]
+    return out.numpy()
 
 
 class GraphSampler(Sampler):

@@ -23,7 +23,7 @@ from plugins.engine.tta import extract
 from plugins.registry import TRAINER_REGISTRY
 
 from plugins.evaluation.feature_store import FeatureStore
-from .evaluation import DTYPES, STORE_HINT, TALEvaluator, qaconv_dist_fn, store_directory
+from .evaluation import STORE_HINT, TALEvaluator, check_eval_config, qaconv_dist_fn, store_directory
 from .graph_sampler import GraphSampler, GraphSamplerHook
 from .qaconv import QAConvHead
 
@@ -92,6 +92,7 @@ class LogitScaleGuard(HookBase):
 @TRAINER_REGISTRY.register()
 class TALTrainer(DGTrainer):
     _scoring_model = None   # the model TALTrainer.test evaluates (build_evaluator has no model)
+    _evaluators = None      # during TALTrainer.test: the evaluators it built, closed when it ends
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -150,11 +151,12 @@ class TALTrainer(DGTrainer):
         directory of TAL.EVAL.STORE_DIR, removed afterwards) and are scored under TAL.EVAL.MEMORY_MB
         with at most TAL.EVAL.DEVICE_MEMORY_MB of them resident on the device."""
         model = unwrap(self.model)
-        items = [self._trainer.data_loader.dataset.img_items[i] for i in indices]
         e = self.cfg.TAL.EVAL
-        directory, reader = store_directory(self.cfg, "tal_graph_store_"), None
+        dtype = check_eval_config(self.cfg)
+        items = [self._trainer.data_loader.dataset.img_items[i] for i in indices]
+        directory, store, reader = store_directory(self.cfg, "tal_graph_store_"), None, None
         try:
-            store = FeatureStore(os.path.join(directory, "graph.bin"), DTYPES[e.FEATURE_DTYPE], hint=STORE_HINT)
+            store = FeatureStore(os.path.join(directory, "graph.bin"), dtype, hint=STORE_HINT)
             reader = extract_all(self.cfg, model, items, store).open()
             with inference_context(model):
                 return qaconv_dist_fn(model, reader, reader, e.MEMORY_MB, 0, e.GALLERY_ON_DEVICE,
@@ -162,6 +164,8 @@ class TALTrainer(DGTrainer):
         finally:
             if reader is not None:
                 reader.close()
+            if store is not None:   # closes the file if extraction stopped midway (else held while
+                store.remove()      # a traceback keeps this frame alive: disk space not freed)
             shutil.rmtree(directory, ignore_errors=True)
 
     @classmethod
@@ -169,7 +173,10 @@ class TALTrainer(DGTrainer):
         if cls._scoring_model is None:
             raise RuntimeError("TALTrainer's evaluator scores pairs with the model: use TALTrainer.test")
         data_loader, num_query = build_dg_test_loader(cfg, dataset_name, **dataset_kwargs)
-        return data_loader, TALEvaluator(cfg, num_query, cls._scoring_model, output_dir)
+        evaluator = TALEvaluator(cfg, num_query, cls._scoring_model, output_dir)
+        if cls._evaluators is not None:
+            cls._evaluators.append(evaluator)
+        return data_loader, evaluator
 
     @classmethod
     def test(cls, cfg, model):
@@ -177,7 +184,10 @@ class TALTrainer(DGTrainer):
             logger.warning("TEST.FLIP averages the maps of an image and of its mirror, which are not "
                            "aligned: QAConv matching is meant to run with TEST.FLIP.ENABLED False")
         cls._scoring_model = unwrap(model)
+        cls._evaluators = []
         try:
             return super().test(cfg, model)
-        finally:
-            cls._scoring_model = None
+        finally:   # an evaluation interrupted before `evaluate` leaves its store: remove it
+            for evaluator in cls._evaluators:
+                evaluator.close()
+            cls._scoring_model, cls._evaluators = None, None

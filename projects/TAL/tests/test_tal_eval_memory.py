@@ -119,7 +119,7 @@ def test_device_budget_streams_every_uncached_gallery_row_once_per_block_row(tmp
     rows.close()
 
 
-def _ddp_worker(rank, world_size, out, force_stream):
+def _ddp_worker(rank, world_size, out, force_stream, split=13):
     import tal.evaluation as te
     from plugins.evaluation.feature_store import FeatureStoreError
     cfg = _cfg(os.path.join(out, f"rank{rank}"), "TEST.CHUNK_SIZE", "4", "TAL.EVAL.FEATURE_DTYPE", "float16",
@@ -130,18 +130,20 @@ def _ddp_worker(rank, world_size, out, force_stream):
         def unseen(*a, **k):
             raise FeatureStoreError(2, "not visible")
         te.MappedRows = unseen
-    bounds = [0, 13, N] if world_size == 2 else [0, N]   # uneven shards, split inside the gallery
+    bounds = [0, split, N] if world_size == 2 else [0, N]   # uneven shards (split inside the gallery) or one empty
     res, ev = _run(TALEvaluator, cfg, model, feats, pids, cams, (bounds[rank], bounds[rank + 1]), batch=3)
     left = os.listdir(os.path.join(out, "store"))
     return res, ev.shared_store, left
 
 
-@pytest.mark.parametrize("force_stream", [False, True])
-def test_two_processes_equal_one_without_gathering_the_maps(tmp_path, force_stream):
+@pytest.mark.parametrize("force_stream, split", [(False, 13), (True, 13), (True, N)])
+def test_two_processes_equal_one_without_gathering_the_maps(tmp_path, force_stream, split):
+    """split N: process 1 has no test image (an empty shard, streamed as zero rows)."""
     cfg = _cfg(tmp_path, "TEST.CHUNK_SIZE", "4", "TAL.EVAL.FEATURE_DTYPE", "float16")
     model = _model(cfg)
     old, _ = _run(InMemory, cfg, model, *_data(model))
-    (two0, shared0, left0), (two1, shared, left1) = run_gloo(_ddp_worker, 2, str(tmp_path / "two"), force_stream)
+    (two0, shared0, left0), (two1, shared, left1) = run_gloo(_ddp_worker, 2, str(tmp_path / "two"), force_stream,
+                                                             split)
     assert two0 == pytest.approx(old, abs=0) and two1 == {}     # 1 process: the tests above
     assert shared0 == shared == (not force_stream)
     assert left0 == []    # process 0 removed its directory; process 1 removed its own earlier
@@ -275,3 +277,112 @@ def test_a_full_disk_names_the_store_and_the_key_and_leaves_nothing(tmp_path, mo
     cfg.TAL.EVAL.STORE_DIR = str(bad)
     with pytest.raises(OSError, match=f"feature store directory {bad}: cannot create a temporary directory in it"):
         TALEvaluator(cfg, NUM_QUERY, model).process({"targets": pids[:4], "camids": cams[:4]}, feats[:4])
+
+
+def _open_fds_under(path):
+    """Paths under `path` this process still holds open (deleted files included)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            held.append(target)
+    return held
+
+
+def test_an_interrupted_evaluation_removes_its_store(synthetic_root, tmp_path, monkeypatch):
+    """KeyboardInterrupt after the first test batch (evaluate never runs): TALTrainer.test closes
+    the evaluator it built, so no store directory (the size of the test maps) and no open file
+    is left behind; the next test set is unaffected."""
+    import plugins.engine.trainer as engine_trainer
+    from tal.trainer import TALTrainer
+    store = tmp_path / "store dir"     # a space in the path
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, *TINY, *SMALL, "OUTPUT_DIR", str(tmp_path / "out"),
+                             "TAL.EVAL.STORE_DIR", str(store)])
+    model = _model(cfg)
+
+    def interrupted(model, loader, evaluator, flip=False):
+        evaluator.reset()
+        batch = next(iter(loader))
+        from plugins.engine.tta import extract
+        evaluator.process(batch, extract(model, batch))
+        assert len(os.listdir(store)) == 1 and evaluator._store.rows == len(batch["targets"])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(engine_trainer, "run_inference", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        TALTrainer.test(cfg, model)
+    assert info.traceback    # the frames (and the evaluator in them) are still alive here
+    assert os.listdir(store) == [] and _open_fds_under(store) == []
+
+
+def test_an_interrupted_graph_extraction_leaves_no_file_open(synthetic_root, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    import tal.trainer as tal_trainer
+    from plugins.data import build_dg_train_set
+    cfg = get_dg_cfg(SYNTH, ["DATASETS.ROOT", synthetic_root, *TINY, *SMALL, "OUTPUT_DIR", str(tmp_path)])
+    model = _model(cfg)
+    items = build_dg_train_set(cfg).img_items
+    calls = []
+
+    def extract(model, batch):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return torch.zeros(len(batch["targets"]), sum(int(torch.Size(s).numel()) for _, s in model.feature_layout()))
+    monkeypatch.setattr(tal_trainer, "extract", extract)
+    cfg.TEST.IMS_PER_BATCH = 4
+    trainer = SimpleNamespace(model=model, cfg=cfg, _trainer=SimpleNamespace(
+        data_loader=SimpleNamespace(dataset=SimpleNamespace(img_items=items))))
+    with pytest.raises(KeyboardInterrupt) as info:
+        tal_trainer.TALTrainer.graph_distance(trainer, list(range(12)))
+    assert info.traceback and calls == [1]
+    assert os.listdir(tmp_path) == [] and _open_fds_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("DEVICE_MEMORY_MB", -1.0, "TAL.EVAL.DEVICE_MEMORY_MB must be >= 0 (MiB of gallery maps on the device; 0: "
+                               "none), got -1.0"),
+    ("MEMORY_MB", 0, "TAL.EVAL.MEMORY_MB must be > 0 (MiB per scoring block), got 0"),
+    ("MEMORY_MB", -5, "TAL.EVAL.MEMORY_MB must be > 0 (MiB per scoring block), got -5"),
+    ("TOPK", -3, "TAL.EVAL.TOPK must be >= 0 (0: every pair rescored), got -3"),
+    ("FEATURE_DTYPE", "bfloat16", "TAL.EVAL.FEATURE_DTYPE must be 'float32' or 'float16', got 'bfloat16'"),
+])
+def test_bad_evaluation_budgets_name_the_key(tmp_path, key, value, expected):
+    """Before, a negative DEVICE_MEMORY_MB failed deep inside with 'negative dimension -820', a
+    negative MEMORY_MB / TOPK silently meant one pair per block / all pairs, and an unknown dtype
+    was a bare KeyError."""
+    from types import SimpleNamespace
+    from tal.trainer import TALTrainer
+    cfg = _cfg(tmp_path)
+    model = _model(cfg)
+    cfg.TAL.EVAL[key] = value
+    with pytest.raises(ValueError) as info:
+        TALEvaluator(cfg, NUM_QUERY, model)
+    assert str(info.value) == expected
+    trainer = SimpleNamespace(model=model, cfg=cfg)
+    with pytest.raises(ValueError) as info:
+        TALTrainer.graph_distance(trainer, [0, 1])
+    assert str(info.value) == expected and os.listdir(tmp_path) == []
+
+
+def test_a_budget_below_one_block_is_said_and_used_as_the_minimum(tmp_path, caplog):
+    """MEMORY_MB below one 1 x 1 block (half the budget for the pair, half for the two images'
+    maps: stored row + 2 float32 copies each): blocks of one pair, and a warning with the minimum."""
+    import logging
+    cfg = _cfg(tmp_path)
+    model = _model(cfg)
+    feats = _data(model, 6)[0]
+    item = feats.shape[1] * (4 + 8)                                   # float32 row + 2 float32 copies
+    need = 2 * max(model.pair_bytes(), 2 * item) / 2 ** 20
+    ref = qaconv_dist_fn(model, feats[:2], feats[2:], 1024)(0, 2)
+    with caplog.at_level(logging.WARNING, logger="tal.evaluation"):
+        got = qaconv_dist_fn(model, feats[:2], feats[2:], need / 3)(0, 2)
+        assert caplog.messages == [f"TAL.EVAL.MEMORY_MB {need / 3:g} is below one scoring block of 1 query x 1 "
+                                   f"gallery image ({need:.3g} MiB with this model's maps): blocks of one pair "
+                                   "use that much"]
+        caplog.clear()
+        qaconv_dist_fn(model, feats[:2], feats[2:], need)(0, 2)
+        assert caplog.messages == []
+    assert torch.allclose(got, ref, atol=1e-5)
