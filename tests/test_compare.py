@@ -75,6 +75,17 @@ def test_summarize_table_verdicts_diagnostics_and_notes(tmp_path):
     assert img.shape[1] == 130 * 3 + 90
 
 
+def test_diagnostics_of_seeds_that_disagree_say_how_many_seeds_each_reason_held():
+    from tools.diagnostics import summarize_acted
+    yes = {"x": {"acted": True, "why": "clusters formed"}}
+    no = {"x": {"acted": False, "why": "no clusters"}}
+    assert summarize_acted([yes, no, yes]) == (False, "did not act in 1 of 3 seeds: no clusters | "
+                                                      "acted in 2 of 3 seeds: clusters formed")
+    assert summarize_acted([yes, yes]) == (True, "clusters formed")
+    none = {"x": {"acted": None, "why": "nothing logged"}}
+    assert summarize_acted([none, none, none]) == (None, "nothing logged")
+
+
 def test_check_ablation_names_the_bad_row():
     with pytest.raises(ValueError, match=r"^T: row 'b' is compared with 'c', which is not an earlier row of the "
                                          r"table \(\['a'\]\)$"):

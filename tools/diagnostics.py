@@ -279,12 +279,23 @@ def run_diagnostics(names, run_dir):
 
 def summarize_acted(per_seed):
     """per_seed: [{name: result}] over the seeds of one row -> (acted True/False/None, text). A row
-    acted when every seed's every diagnostic with evidence acted; None when none has evidence."""
+    acted when every seed's every diagnostic with evidence acted; None when none has evidence.
+    The text gives each distinct reason once; when the seeds disagree (some acted, some did not),
+    it says in how many seeds each side held: "did not act in 1 of 3 seeds: ...; acted in 2 of 3
+    seeds: ..."."""
     flags = [r["acted"] for d in per_seed for r in d.values() if r["acted"] is not None]
     whys = sorted({r["why"] for d in per_seed for r in d.values()})
     if not flags:
         return None, "; ".join(whys)
-    return all(flags), "; ".join(whys)
+    seed_acted = [all(r["acted"] is not False for r in d.values()) for d in per_seed]
+    if all(seed_acted) or not any(seed_acted):
+        return all(flags), "; ".join(whys)
+    n, parts = len(per_seed), []
+    for label, side in (("did not act", False), ("acted", True)):
+        ds = [d for d, a in zip(per_seed, seed_acted) if a is side]
+        parts.append(f"{label} in {len(ds)} of {n} seeds: "
+                     + "; ".join(sorted({r["why"] for d in ds for r in d.values()})))
+    return False, " | ".join(parts)
 
 
 def main(argv=None):
