@@ -204,16 +204,17 @@ def test_tal_resumed_inside_an_epoch_samples_from_that_epochs_graph(synthetic_ro
             os.kill(os.getpid(), signal.SIGTERM)
         return run_step(self)
 
-    def recording_plan(self, distance=None):
-        plans.append(None if distance is None else torch.as_tensor(distance).clone())
-        return plan(self, distance)
+    def recording_plan(self, graph=None):
+        plans.append(None if graph is None else torch.as_tensor(graph).clone())
+        return plan(self, graph)
     monkeypatch.setattr(DGStep, "run_step", killing_run_step)
     with pytest.raises(SystemExit):
         run_train_net(config, tmp_path, synthetic_root, *opts)
     ck = torch.load(tmp_path / "model_iter_0000005.pth", weights_only=True)
     graph = ck["hook_GraphSamplerHook"]
-    assert graph["version"] == 2 and graph["distance"].shape[0] == graph["distance"].shape[1] > 1
+    # the checkpoint keeps the graph as its neighbour table (ids x ids per batch), not the distances
+    assert graph["version"] == 2 and graph["neighbours"].dtype == torch.int64 and graph["neighbours"].shape == (24, 8)
     monkeypatch.setattr(DGStep, "run_step", run_step)
     monkeypatch.setattr(GraphSampler, "plan", recording_plan)
     run_train_net(config, tmp_path, synthetic_root, *opts, flags=["--resume"])
-    assert plans and torch.equal(plans[0], graph["distance"])   # not random identities
+    assert plans and torch.equal(plans[0], graph["neighbours"])   # not random identities

@@ -55,17 +55,19 @@ def _worker(rank, world_size, root, out):
             trainer.run_step()
             trainer.after_step()
     bufs = {n: b.clone() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))}
-    return (torch.as_tensor(local), hook.distance.clone(), seen, bufs,
+    return (torch.as_tensor(local), hook.graph.clone(), seen, bufs,
             [p.detach().clone() for p in model.parameters()], trainer.iters_per_epoch)
 
 
 def test_two_processes_share_the_graph_whole_batches_and_bn_statistics(synthetic_root, tmp_path):
+    from tal.graph_sampler import graph_batches
     r0, r1 = run_gloo(_worker, 2, synthetic_root, str(tmp_path))
     (local0, graph0, seen0, bufs0, params0, ipe0), (local1, graph1, seen1, bufs1, params1, ipe1) = r0, r1
     # one graph, process 0's, on both; process 1 alone would have built another one
-    assert graph0.shape == (24, 24) and torch.equal(graph0, graph1)
-    assert torch.equal(graph0, local0.float())
-    assert (local1.float() - graph0).abs().max() > 0.05
+    # the graph is the neighbour table (24 ids x 8 ids per batch) of process 0's distances
+    assert graph0.shape == (24, 8) and torch.equal(graph0, graph1)
+    assert torch.equal(graph0, torch.from_numpy(graph_batches(local0.float(), 8)))
+    assert not torch.equal(torch.from_numpy(graph_batches(local1.float(), 8)), graph0)
     # whole graph batches: 32 images = 8 ids x 4 on each process, distinct anchors over processes
     assert len(seen0) == len(seen1) == STEPS
     anchors = []
