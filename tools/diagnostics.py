@@ -55,6 +55,15 @@ def _none(why):
     return {"values": {}, "acted": None, "why": why}
 
 
+def _diverged(values, key, label, process="training"):
+    """The "did not act" result when values[key] is NaN / inf (a diverged run: NaN is below and
+    above every threshold, so a plain comparison read it as "acted"), else None."""
+    if math.isfinite(values[key]):
+        return None
+    return {"values": values, "acted": False,
+            "why": f"{label} is not finite ({values[key]}): the {process} diverged"}
+
+
 def _log(run_dir):
     path = os.path.join(run_dir, "log.txt")
     return open(path).read() if os.path.exists(path) else ""
@@ -103,9 +112,8 @@ def paoa(run_dir):
                      "statistics; or a single objective)")
     values = {"conflict_share": share[-1][1] if share else math.nan,
               "aux_to_primary": float(np.mean([v for _, v in ratio]))}
-    if not math.isfinite(values["aux_to_primary"]):   # NaN is below no threshold
-        return {"values": values, "acted": False,
-                "why": f"|g_aux| / |g_prim| is not finite ({values['aux_to_primary']}): the training diverged"}
+    if diverged := _diverged(values, "aux_to_primary", "|g_aux| / |g_prim|"):
+        return diverged
     if values["aux_to_primary"] < MIN_AUX_RATIO:
         return {"values": values, "acted": False,
                 "why": f"|g_aux| / |g_prim| = {values['aux_to_primary']:.4f} < {MIN_AUX_RATIO}: the auxiliary "
@@ -141,9 +149,8 @@ def paoa_plus(run_dir):
         return _none("no tta_feature_change in dg_results.json or metrics.json (no test-time adaptation, "
                      "or TEST.ADAPT.FEATURE_CHANGE False)")
     values = {"feature_change": float(np.mean(vals)), "feature_change_min": float(min(vals))}
-    if not math.isfinite(values["feature_change"]):   # NaN is below no threshold
-        return {"values": values, "acted": False,
-                "why": f"the relative feature change is not finite ({values['feature_change']}): the adaptation diverged"}
+    if diverged := _diverged(values, "feature_change", "the relative feature change", "adaptation"):
+        return diverged
     if values["feature_change"] < MIN_FEATURE_CHANGE:
         return {"values": values, "acted": False,
                 "why": f"test-time adaptation changed the features by {values['feature_change']:.2g} of their norm "
@@ -200,9 +207,8 @@ def tal(run_dir):
     if log_k <= 0:   # K = 1: ln K = 0 = every entropy
         return {"values": values, "acted": None,
                 "why": "one DABN expert (K = 1): alpha is always 1, there is nothing to route"}
-    if not math.isfinite(values["dabn_entropy"]):   # NaN is above no threshold
-        return {"values": values, "acted": False,
-                "why": f"DABN weight entropy is not finite ({values['dabn_entropy']}): the training diverged"}
+    if diverged := _diverged(values, "dabn_entropy", "DABN weight entropy"):
+        return diverged
     if values["dabn_entropy"] > (1 - MIN_ENTROPY_DROP) * log_k:
         return {"values": values, "acted": False,
                 "why": f"DABN weight entropy {values['dabn_entropy']:.3f} is within {100 * MIN_ENTROPY_DROP:.0f}% of "
