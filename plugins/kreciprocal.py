@@ -24,6 +24,8 @@ d = squared Euclidean distance of the features; the original code (`re_ranking` 
 repository, torchreid, fastreid's evaluation/rerank.py): lists of k1 + 1 entries, d = the
 squared original distance divided by its row maximum.
 """
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -34,7 +36,9 @@ __all__ = ["knn", "knn_backend", "INDEX_PARAMS", "index_params_for", "ivf_cells"
 
 _BACKENDS = ("auto", "faiss", "torch", "faiss-hnsw", "faiss-ivf")
 # parameters of the approximate indexes (`knn(index_params=...)`) and their defaults; 0 = derived
-# from N: IVF nlist = 4 sqrt(N) cells (at most N), nprobe = nlist // 16 cells visited per query
+# from N: IVF nlist = 4 sqrt(N) cells but at most N // 39 (faiss's k-means wants >= 39 points a
+# cell; below 24,336 items the cap binds, and below 78 items one cell = an exact search), nprobe =
+# 4 sqrt(N) // 16 cells visited per query (at most nlist; `ivf_cells`)
 INDEX_PARAMS = {"faiss-hnsw": {"m": 32, "ef_construction": 80, "ef_search": 128},
                 "faiss-ivf": {"nlist": 0, "nprobe": 0}}
 
@@ -147,11 +151,21 @@ def index_params_for(lib, given):
     return params
 
 
+# faiss's k-means warns below this many training points a centroid ("please provide at least
+# 39 * k training points"); its index-choice guide: 4-16 sqrt(N) cells, 30-256 points a cell
+_IVF_MIN_POINTS_PER_CELL = 39
+
+
 def ivf_cells(n, nlist=0, nprobe=0):
-    """(nlist, nprobe) an IVF index over n items uses: 0 = 4 sqrt(n) cells / nlist // 16 probes;
-    nlist at most n (k-means needs a point a cell), nprobe at most nlist, both at least 1."""
-    nlist = min(n, nlist or max(1, int(4 * np.sqrt(n))))
-    return max(1, nlist), max(1, min(nlist, nprobe or nlist // 16))
+    """(nlist, nprobe) an IVF index over n items uses. nlist 0: min(4 sqrt(n), n // 39) cells
+    (faiss's index guide and its k-means minimum of 39 points a cell; without the cap a small set
+    gets cells of ~sqrt(n) / 4 points and the probed cells hold fewer than k items); a given
+    nlist is kept, at most n. nprobe 0: (the given nlist, else 4 sqrt(n)) // 16 cells, i.e. the
+    uncapped nlist's sixteenth (more than nlist // 16 where the cap binds); nprobe at most nlist;
+    both at least 1."""
+    cells = nlist or int(4 * np.sqrt(n))
+    nlist = max(1, min(n, nlist or min(cells, n // _IVF_MIN_POINTS_PER_CELL)))
+    return nlist, max(1, min(nlist, nprobe or cells // 16))
 
 
 def _faiss_index(d, lib, device, n, params=None):
@@ -172,6 +186,12 @@ def _faiss_index(d, lib, device, n, params=None):
 
 def _knn_faiss(x, k, lib, device, params=None):
     n, d = x.shape
+    if lib == "faiss-ivf":
+        nlist, nprobe = ivf_cells(n, (params or {}).get("nlist", 0), (params or {}).get("nprobe", 0))
+        if nprobe * n < k * nlist:
+            warnings.warn(f"IVF k-NN: {nprobe} of {nlist} cells probed over {n} items find about "
+                          f"{nprobe * n // nlist} candidates a query, fewer than k = {k}: lists come back "
+                          "short (-1 entries); raise nprobe or lower nlist (0 = derived from N)", stacklevel=3)
     index = _faiss_index(d, lib, device, n, params)
     if not index.is_trained:
         index.train(x)

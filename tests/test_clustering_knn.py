@@ -59,20 +59,43 @@ def test_approximate_settings_reach_recall_099_and_the_same_clusters():
     visibly weaker setting (IVF probing 1 cell of 178) is below 0.99, so the test can fail."""
     x, ids = _structured(2000)
     exact = pl.knn_search(x, 30, use_gpu=False)
-    for method, params in (("ivf", {"nprobe": 16}), ("hnsw", {"m": 16, "ef_construction": 40, "ef_search": 64})):
+    for method, params in (("ivf", {"nlist": 178, "nprobe": 16}), ("hnsw", {"m": 16, "ef_construction": 40, "ef_search": 64})):
         idx = pl.knn_search(x, 30, method=method, params=params)
         assert _recall(idx, exact) >= 0.99, method
-    assert _recall(pl.knn_search(x, 30, method="ivf", params={"nprobe": 1}), exact) < 0.99
+    with pytest.warns(UserWarning, match="about 11 candidates a query, fewer than k = 30"):
+        weak = pl.knn_search(x, 30, method="ivf", params={"nlist": 178, "nprobe": 1})
+    assert _recall(weak, exact) < 0.99
     ref = pl.cluster_pseudo_labels(x, k1=30, k2=6, use_gpu=False)
-    ivf = pl.cluster_pseudo_labels(x, k1=30, k2=6, knn_method="ivf", knn_params={"nprobe": 16})
+    ivf = pl.cluster_pseudo_labels(x, k1=30, k2=6, knn_method="ivf", knn_params={"nlist": 178, "nprobe": 16})
     assert pl.adjusted_rand(ivf, ref) >= 0.99
 
 
 def test_ivf_cells_follow_n_and_are_clamped():
     assert kr.ivf_cells(30248) == (695, 43)          # 4 sqrt(N), nlist // 16
     assert kr.ivf_cells(30248, 0, 16) == (695, 16)
-    assert kr.ivf_cells(10) == (10, 1)               # nlist at most N, nprobe at least 1
-    assert kr.ivf_cells(10, 50, 80) == (10, 10)      # nprobe at most nlist
+    assert kr.ivf_cells(24336) == (624, 39)          # 4 sqrt(N) = N // 39 here; below, the cap binds
+    assert kr.ivf_cells(600, 0, 8) == (15, 8)        # DOMAINMIX.PSEUDO.KNN default nprobe 8
+    assert kr.ivf_cells(2000) == (51, 11)            # N // 39 (4 sqrt(N) = 178: cells of 11 points); 178 // 16
+    assert kr.ivf_cells(10) == (1, 1)                # under 78 items: one cell (an exact search)
+    assert kr.ivf_cells(10, 50, 80) == (10, 10)      # a given nlist at most N, nprobe at most nlist
+    assert kr.ivf_cells(30248, 1000) == (1000, 62)   # a given nlist: nlist // 16
+
+
+def test_ivf_defaults_on_a_small_set_give_the_exact_labels():
+    """The tiny preset clusters tens of images: with nlist = 4 sqrt(N) (25 cells for 40 points)
+    and the default nprobe the probed cells held < k1 items and every image became an outlier
+    (all -1, found 2026-12-01). The derived nlist (min(4 sqrt(N), N // 39)) is 1 cell here."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, 16))
+    x = centres[np.arange(40) // 8] + 0.1 * rng.standard_normal((40, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    ref = pl.cluster_pseudo_labels(x, use_gpu=False)
+    assert len(set(ref.tolist())) == 5 and (ref >= 0).all()
+    for params in ({}, {"nprobe": 8}):               # plugin default, DOMAINMIX.PSEUDO.KNN default
+        np.testing.assert_array_equal(pl.cluster_pseudo_labels(x, knn_method="ivf", knn_params=params), ref)
+    with pytest.warns(UserWarning, match=r"IVF k-NN: 1 of 25 cells probed over 40 items find about 1 "
+                                         r"candidates a query, fewer than k = 30"):
+        pl.knn_search(x, 30, method="ivf", params={"nlist": 25, "nprobe": 1})
 
 
 @pytest.mark.parametrize("method,params,message", [

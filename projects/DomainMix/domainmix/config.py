@@ -42,8 +42,8 @@ def add_domainmix_config(cfg):
     p.USE_GPU = True                     # k-NN of the clustering on the GPU when there is one (faiss-gpu, else torch); False: CPU
     k = p.KNN = CN()                     # k-NN lists of the Jaccard distance (stage-1 SpCL re-clustering too)
     k.METHOD = "exact"                   # "exact" (the recipe; USE_GPU applies) | "ivf" | "hnsw" (faiss, approximate, CPU)
-    k.IVF_NLIST = 0                      # ivf: inverted-list cells (0: 4 sqrt(N), at most N)
-    k.IVF_NPROBE = 8                     # ivf: cells searched per image (0: nlist // 16)
+    k.IVF_NLIST = 0                      # ivf: inverted-list cells (0: min(4 sqrt(N), N // 39); given: at most N)
+    k.IVF_NPROBE = 8                     # ivf: cells searched per image (0: (IVF_NLIST or 4 sqrt(N)) // 16)
     k.HNSW_M = 32                        # hnsw: graph links per node
     k.HNSW_EF_CONSTRUCTION = 80          # hnsw: candidate list while building
     k.HNSW_EF_SEARCH = 64                # hnsw: candidate list while searching (at least k1 is used)

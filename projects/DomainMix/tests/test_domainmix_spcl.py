@@ -212,3 +212,22 @@ def test_approximate_knn_of_both_clusterings_comes_from_the_config(monkeypatch, 
 def test_bad_knn_config_fails_when_the_trainer_is_built(synthetic_root, tmp_path, opts, message):
     with pytest.raises(ValueError, match=message):
         build_trainer(STAGE1, synthetic_root, tmp_path, *opts)
+
+
+def test_stage1_with_ivf_or_hnsw_on_the_tiny_preset_gives_the_exact_labels(synthetic_root, tmp_path):
+    """End to end, same seed: the 48 target images' SpCL labels of both epochs with
+    PSEUDO.KNN.METHOD ivf / hnsw (their defaults, nprobe 8) equal the exact run's. Before the
+    derived IVF nlist was capped at N // 39, 48 images got 27 cells (k-means on < 2 points a
+    cell), nprobe 8 visited ~14 images on average for the preset's k1 = 10, uneven cells left
+    lists short and the labels differed (found 2026-12-01); now 1 cell."""
+    def labels(name, *opts):
+        out = tmp_path / name
+        run_train_net(STAGE1, out, synthetic_root, *synthetic_overrides(STAGE1), "SOLVER.MAX_EPOCH", "2", "SEED", "3",
+                      "SOLVER.ITERS_PER_EPOCH", "2", "TEST.EVAL_PERIOD", "100", "SOLVER.CHECKPOINT_PERIOD", "100", *opts)
+        files = sorted(os.listdir(out / "pseudo_labels"))
+        assert files == ["epoch_000.json", "epoch_001.json"]
+        return [json.load(open(out / "pseudo_labels" / f))["labels"] for f in files]
+    exact = labels("exact")
+    assert len(exact[0]) == 48 and max(exact[0].values()) >= 1
+    for method in ("ivf", "hnsw"):
+        assert labels(method, "DOMAINMIX.PSEUDO.KNN.METHOD", method) == exact, method
