@@ -31,10 +31,11 @@ from .dbscan import cluster_pseudo_labels, dbscan_labels
 from .features import extract_features
 from .hook import PseudoLabelHook, PseudoLabels
 from .jaccard import jaccard_distance, jaccard_distance_sparse
-from .knn import KNN_METHODS, check_knn_method, knn_search
+from .knn import KNN_METHODS, check_knn_method, knn_config, knn_options, knn_search
 from .label_io import read_labels, write_labels
 from .refine import adjusted_rand, cluster_stats, refine_clusters
 
-__all__ = ["jaccard_distance", "jaccard_distance_sparse", "knn_search", "KNN_METHODS", "check_knn_method", "dbscan_labels",
+__all__ = ["jaccard_distance", "jaccard_distance_sparse", "knn_search", "KNN_METHODS", "check_knn_method",
+           "knn_config", "knn_options", "dbscan_labels",
            "refine_clusters", "cluster_pseudo_labels", "cluster_stats", "adjusted_rand", "extract_features",
            "PseudoLabels", "PseudoLabelHook", "read_labels", "write_labels"]

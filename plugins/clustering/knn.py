@@ -6,7 +6,7 @@ import numpy as np
 
 from plugins import kreciprocal as kr
 
-__all__ = ["KNN_METHODS", "check_knn_method", "knn_search"]
+__all__ = ["KNN_METHODS", "check_knn_method", "knn_search", "knn_config", "knn_options"]
 
 # clustering's k-NN methods -> plugins.kreciprocal backend (None: the exact search, device by use_gpu)
 KNN_METHODS = {"exact": None, "ivf": "faiss-ivf", "hnsw": "faiss-hnsw"}
@@ -21,6 +21,48 @@ def check_knn_method(method="exact", params=None):
     backend = KNN_METHODS[method]
     kr.index_params_for(backend or "faiss", params)     # raises on keys / values the backend does not take
     return backend
+
+
+# config key of each index parameter, per method (the KNN node of `knn_config`)
+KNN_KEYS = {"ivf": {"nlist": "IVF_NLIST", "nprobe": "IVF_NPROBE"},
+            "hnsw": {"m": "HNSW_M", "ef_construction": "HNSW_EF_CONSTRUCTION", "ef_search": "HNSW_EF_SEARCH"}}
+
+
+def knn_config():
+    """A config node (fastreid CfgNode) choosing a clustering's k-NN search, with its defaults; a
+    project puts it under its clustering keys (DOMAINMIX.PSEUDO.KNN, PTL.SSG.KNN) and reads it with
+    `knn_options`."""
+    from fastreid.config import CfgNode as CN
+    k = CN()
+    k.METHOD = "exact"             # "exact" (the recipe; the project's USE_GPU applies) | "ivf" | "hnsw" (faiss, approximate, CPU)
+    k.IVF_NLIST = 0                # ivf: inverted-list cells (0: min(4 sqrt(N), N // 39); given: at most N)
+    k.IVF_NPROBE = 8               # ivf: cells searched per image (0: (IVF_NLIST or 4 sqrt(N)) // 16)
+    k.HNSW_M = 32                  # hnsw: graph links per node
+    k.HNSW_EF_CONSTRUCTION = 80    # hnsw: candidate list while building
+    k.HNSW_EF_SEARCH = 64          # hnsw: candidate list while searching (at least k1 is used)
+    # ivf / hnsw defaults: recall@30 0.9999 of the exact lists at 30k x 2048-d, same labels (tools/bench_cluster.py)
+    return k
+
+
+def knn_options(node, name, use_gpu=True):
+    """{"use_gpu", "knn_method", "knn_params"} for `cluster_pseudo_labels` from a `knn_config` node
+    found at config key `name` (e.g. "DOMAINMIX.PSEUDO.KNN"): METHOD "exact" (on the GPU when there
+    is one and `use_gpu`), or an approximate faiss index ("ivf" / "hnsw") with the node's IVF_* /
+    HNSW_* values. Raises ValueError naming the key for an unknown method or a value the index does
+    not take."""
+    method = node.METHOD
+    try:
+        check_knn_method(method)
+    except ValueError as e:
+        raise ValueError(f"{name}.METHOD: {e}") from None
+    params = {}
+    for param, key in KNN_KEYS.get(method, {}).items():
+        try:
+            check_knn_method(method, {param: node[key]})
+        except ValueError as e:
+            raise ValueError(f"{name}.{key} (KNN.METHOD {method!r}): {e}") from None
+        params[param] = node[key]
+    return {"use_gpu": None if use_gpu else False, "knn_method": method, "knn_params": params}
 
 
 def knn_search(x, k, use_gpu=None, return_sims=False, method="exact", params=None):

@@ -1,6 +1,8 @@
 """DomainMix's config keys: the discriminator under MODEL.DOMAINMIX, the stages under DOMAINMIX."""
 from fastreid.config import CfgNode as CN
 
+from plugins.clustering import knn_config
+
 
 def add_domainmix_config(cfg):
     """Add every key DomainMix uses (idempotent)."""
@@ -40,14 +42,9 @@ def add_domainmix_config(cfg):
     p.KEEP_OUTLIERS = False              # "initial" labels: every unclustered image is its own identity
     p.INIT_CLASSIFIER = True             # classifier rows of the clusters := L2-normalised cluster centres
     p.USE_GPU = True                     # k-NN of the clustering on the GPU when there is one (faiss-gpu, else torch); False: CPU
-    k = p.KNN = CN()                     # k-NN lists of the Jaccard distance (stage-1 SpCL re-clustering too)
-    k.METHOD = "exact"                   # "exact" (the recipe; USE_GPU applies) | "ivf" | "hnsw" (faiss, approximate, CPU)
-    k.IVF_NLIST = 0                      # ivf: inverted-list cells (0: min(4 sqrt(N), N // 39); given: at most N)
-    k.IVF_NPROBE = 8                     # ivf: cells searched per image (0: (IVF_NLIST or 4 sqrt(N)) // 16)
-    k.HNSW_M = 32                        # hnsw: graph links per node
-    k.HNSW_EF_CONSTRUCTION = 80          # hnsw: candidate list while building
-    k.HNSW_EF_SEARCH = 64                # hnsw: candidate list while searching (at least k1 is used)
-    # ivf / hnsw defaults: recall@30 0.9999 of the exact lists at 30k x 2048-d, same labels (tools/bench_cluster.py)
+    # k-NN lists of the Jaccard distance (stage-1 SpCL re-clustering too): METHOD "exact" (the
+    # recipe; USE_GPU applies) | "ivf" | "hnsw" with their IVF_* / HNSW_* values (plugins.clustering.knn_config)
+    p.KNN = knn_config()
 
     s = d.SPCL = CN()                    # stage 1 by SpCL (TRAINER.NAME DomainMixSpCLTrainer); clustering: PSEUDO.K1/K2/EPS/MIN_SAMPLES
     s.TEMPERATURE = 0.05                 # tau of SpCL's unified contrastive loss (Eq. 2)

@@ -21,7 +21,8 @@ from plugins.checkpoint import load_model_weights
 from plugins.data import build_dg_train_loader
 from plugins.engine import AlternatingSchedule, DGTrainer, Phase, Stage, Update, build_optimizer
 from plugins.engine.step import unwrap
-from plugins.clustering import PseudoLabelHook, check_knn_method, cluster_pseudo_labels, extract_features
+from plugins.clustering import PseudoLabelHook, cluster_pseudo_labels, extract_features
+from plugins.clustering import knn_options as clustering_knn_options
 from plugins.registry import TRAINER_REGISTRY
 
 from .data import build_train_set, build_unlabelled_loaders
@@ -38,29 +39,11 @@ def is_disc_param(name):
     return name.startswith("disc.")
 
 
-_KNN_KEYS = {"ivf": {"nlist": "IVF_NLIST", "nprobe": "IVF_NPROBE"},
-             "hnsw": {"m": "HNSW_M", "ef_construction": "HNSW_EF_CONSTRUCTION", "ef_search": "HNSW_EF_SEARCH"}}
-
-
 def knn_options(cfg):
-    """{"use_gpu", "knn_method", "knn_params"} of the clustering's k-NN from DOMAINMIX.PSEUDO:
-    USE_GPU and KNN.METHOD "exact" (GPU when there is one), or an approximate faiss index
-    ("ivf" / "hnsw") with the KNN.IVF_* / KNN.HNSW_* values. Raises ValueError naming the key
-    for an unknown method or a value the index does not take."""
+    """{"use_gpu", "knn_method", "knn_params"} of the clustering's k-NN from DOMAINMIX.PSEUDO (KNN,
+    USE_GPU): `plugins.clustering.knn_options`. Raises ValueError naming the key."""
     p = cfg.DOMAINMIX.PSEUDO
-    method = p.KNN.METHOD
-    try:
-        check_knn_method(method)
-    except ValueError as e:
-        raise ValueError(f"DOMAINMIX.PSEUDO.KNN.METHOD: {e}") from None
-    params = {}
-    for name, key in _KNN_KEYS.get(method, {}).items():
-        try:
-            check_knn_method(method, {name: p.KNN[key]})
-        except ValueError as e:
-            raise ValueError(f"DOMAINMIX.PSEUDO.KNN.{key} (KNN.METHOD {method!r}): {e}") from None
-        params[name] = p.KNN[key]
-    return {"use_gpu": None if p.USE_GPU else False, "knn_method": method, "knn_params": params}
+    return clustering_knn_options(p.KNN, "DOMAINMIX.PSEUDO.KNN", use_gpu=p.USE_GPU)
 
 
 def clustering_fn(cfg):

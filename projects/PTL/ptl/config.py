@@ -1,6 +1,8 @@
 """Config keys of Proxy Task Learning (all under cfg.PTL)."""
 from fastreid.config import CfgNode as CN
 
+from plugins.clustering import knn_config
+
 
 def add_ptl_config(cfg):
     """Add PTL's keys to a fastreid config (idempotent)."""
@@ -49,4 +51,7 @@ def add_ptl_config(cfg):
     cfg.PTL.SSG.MIN_SAMPLES = 4          # DBSCAN
     cfg.PTL.SSG.MIN_SIZE = 2             # clusters outside [MIN_SIZE, MAX_SIZE] are dropped
     cfg.PTL.SSG.MAX_SIZE = 0             # 0: no upper bound
+    # "jaccard": the k-NN lists of the k-reciprocal distance, METHOD "exact" (GPU when there is one)
+    # | "ivf" | "hnsw" (faiss, approximate; plugins.clustering.knn_config). "euclidean" / "ssg" are dense.
+    cfg.PTL.SSG.KNN = knn_config()
     return cfg

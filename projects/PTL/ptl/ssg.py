@@ -32,7 +32,7 @@ from fastreid.utils import comm
 
 from plugins import kreciprocal as kr
 from plugins.data import DGCommDataset, build_dg_train_loader, build_dg_train_set, load_train_items
-from plugins.clustering import (PseudoLabelHook, cluster_pseudo_labels, cluster_stats, dbscan_labels,
+from plugins.clustering import (PseudoLabelHook, cluster_pseudo_labels, cluster_stats, dbscan_labels, knn_options,
                                 extract_features, refine_clusters)
 from plugins.distributed import broadcast_object
 
@@ -138,7 +138,8 @@ def cluster_parts(features, ssg, source_features=None):
                else [None] * len(parts))
     for k, f in enumerate(parts):
         if ssg.DISTANCE == "jaccard":
-            lab = cluster_pseudo_labels(f, ssg.K1, ssg.K2, ssg.EPS, ssg.MIN_SAMPLES, ssg.MIN_SIZE, ssg.MAX_SIZE)
+            lab = cluster_pseudo_labels(f, ssg.K1, ssg.K2, ssg.EPS, ssg.MIN_SAMPLES, ssg.MIN_SIZE, ssg.MAX_SIZE,
+                                        **knn_options(ssg.KNN, "PTL.SSG.KNN"))
         elif ssg.DISTANCE in ("euclidean", "ssg"):
             f = F.normalize(f, dim=1)
             if ssg.DISTANCE == "euclidean":
@@ -201,6 +202,7 @@ class SSGStage:
         self.trainer, self.cfg, self.ssg = trainer, cfg, cfg.PTL.SSG
         if not self.ssg.PARTS or self.ssg.PARTS[0] != "whole":
             raise ValueError("PTL.SSG.PARTS must start with 'whole' (batches are sampled by whole-body cluster)")
+        knn_options(self.ssg.KNN, "PTL.SSG.KNN")   # a bad k-NN choice fails here, not at the first clustering
         self.items = {it[0]: it for it in target_items(cfg)}
         self._pending = None
         self.source_features = None

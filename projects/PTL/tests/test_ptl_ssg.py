@@ -49,6 +49,24 @@ def test_each_part_is_clustered_on_its_own(distance, eps):
         assert np.array_equal(_same(labels[:, k]), _same(truth[k]))
 
 
+def test_jaccard_clustering_takes_the_configured_knn_method():
+    """PTL.SSG.KNN chooses the k-NN of the "jaccard" distance as DOMAINMIX.PSEUDO.KNN does
+    (plugins.clustering.knn_config): the approximate indexes give the exact labels on separated
+    parts, and a bad choice is an error naming the key."""
+    n = 40
+    truth = [[i // 8 for i in range(n)], [i % 4 for i in range(n)], [(i // 4) % 2 for i in range(n)]]
+    feats = torch.cat([_blobs(t, seed=k) for k, t in enumerate(truth)], 1)
+    opts = {"DISTANCE": "jaccard", "EPS": 0.6, "K1": 10, "K2": 3, "MIN_SAMPLES": 3}
+    exact = cluster_parts(feats, _ssg(**opts))
+    for method in ("ivf", "hnsw"):
+        assert np.array_equal(cluster_parts(feats, _ssg(**opts, **{"KNN.METHOD": method})), exact), method
+    with pytest.raises(ValueError, match=r"^PTL\.SSG\.KNN\.METHOD: clustering k-NN method must be one of "
+                                         r"\('exact', 'ivf', 'hnsw'\), got 'annoy'$"):
+        cluster_parts(feats, _ssg(**opts, **{"KNN.METHOD": "annoy"}))
+    with pytest.raises(ValueError, match=r"^PTL\.SSG\.KNN\.HNSW_M \(KNN\.METHOD 'hnsw'\): "):
+        cluster_parts(feats, _ssg(**opts, **{"KNN.METHOD": "hnsw", "KNN.HNSW_M": 0}))
+
+
 def test_adaptive_eps_is_mean_of_smallest_pair_distances():
     d = np.array([[0, 1, 4, 9], [1, 0, 2, 8], [4, 2, 0, 3], [9, 8, 3, 0]], np.float32)
     # 6 pairs: 1, 2, 3, 4, 8, 9; rho = 0.5 -> the 3 smallest
