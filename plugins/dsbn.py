@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["DSBN2d", "DABN2d", "convert_dsbn", "norm_route", "norm_layers", "average_running_stats",
+__all__ = ["DSBN2d", "DABN2d", "convert_dsbn", "norm_route", "norm_layers", "record_domain_weights", "average_running_stats",
            "DOMAIN", "EXPERT", "AVERAGE", "ADAPTIVE", "SHARED"]
 
 DOMAIN, EXPERT, AVERAGE, ADAPTIVE, SHARED = "domain", "expert", "average", "adaptive", "shared"
@@ -140,6 +140,7 @@ class DABN2d(DSBN2d):
                                        nn.Linear(hidden, num_domains))
         nn.init.zeros_(self.attention[2].weight), nn.init.zeros_(self.attention[2].bias)
         self.attention.to(self.experts[0].weight.device)
+        self.weights_sink = None   # a list while `record_domain_weights` runs: the alphas computed
 
     def domain_weights(self, x):
         """alpha of Eq. 6, [N, K]."""
@@ -147,8 +148,26 @@ class DABN2d(DSBN2d):
 
     def forward(self, x):
         if self.route[0] == ADAPTIVE:
-            return self._mix(x, self.domain_weights(x))
+            alpha = self.domain_weights(x)
+            if self.weights_sink is not None:
+                self.weights_sink.append(alpha.detach().float())
+            return self._mix(x, alpha)
         return super().forward(x)
+
+
+@contextlib.contextmanager
+def record_domain_weights(module):
+    """Inside the block every DABN2d under `module` appends the alpha [N, K] (Eq. 6) it computes to
+    the yielded list (detached float copies, in call order; the forward pass is unchanged)."""
+    layers = [m for m in module.modules() if isinstance(m, DABN2d)]
+    alphas = []
+    for m in layers:
+        m.weights_sink = alphas
+    try:
+        yield alphas
+    finally:
+        for m in layers:
+            m.weights_sink = None
 
 
 def convert_dsbn(module, num_domains, dabn=False, reduction=16, shared_bn=False, stats="running"):

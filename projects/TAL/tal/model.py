@@ -26,7 +26,7 @@ from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils.events import get_event_storage
 from torch import nn
 
-from plugins.dsbn import ADAPTIVE, AVERAGE, DOMAIN, EXPERT, SHARED, DABN2d, convert_dsbn, norm_route
+from plugins.dsbn import ADAPTIVE, AVERAGE, DOMAIN, EXPERT, SHARED, convert_dsbn, norm_route, record_domain_weights
 from .qaconv import MSDAQAConv, MSQAConv
 
 from .losses import matching_loss
@@ -254,8 +254,9 @@ class TAL(nn.Module):
     @contextlib.contextmanager
     def _logging_dabn_weights(self, batched_inputs):
         """Around the DI pass with DABN in a training loop: records every DABN layer's alpha
-        (Eq. 6, recomputed from the layer's input without gradient) and puts `dabn_routing_stats`
-        of them into the EventStorage. Nothing is recorded outside a training loop, or without DABN."""
+        (Eq. 6, as the layer computed it, detached: `plugins.dsbn.record_domain_weights`) and puts
+        `dabn_routing_stats` of them into the EventStorage. Nothing is recorded outside a training
+        loop, or without DABN."""
         try:
             storage = get_event_storage() if self.di_norm == "dabn" else None
         except AssertionError:   # no EventStorage: not in a training loop
@@ -263,18 +264,8 @@ class TAL(nn.Module):
         if storage is None:
             yield
             return
-        alphas = []
-
-        def record(layer, inputs, _output):
-            if layer.route[0] == ADAPTIVE:
-                with torch.no_grad():
-                    alphas.append(layer.domain_weights(inputs[0]).float())
-        handles = [m.register_forward_hook(record) for m in self.modules() if isinstance(m, DABN2d)]
-        try:
+        with record_domain_weights(self) as alphas:
             yield
-        finally:
-            for h in handles:
-                h.remove()
         if alphas:
             storage.put_scalars(**dabn_routing_stats(alphas, self.expert_ids(batched_inputs["domains"])))
 

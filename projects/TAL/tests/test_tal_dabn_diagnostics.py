@@ -97,9 +97,9 @@ def test_the_di_pass_logs_the_weights_it_used():
 
 
 def test_logging_changes_no_loss_or_gradient_and_leaves_no_hook():
-    """The recorded alphas are recomputed under no_grad from each DABN layer's input: a training
-    step inside an EventStorage gives bit-identical losses and gradients to one outside, and the
-    forward hooks are gone afterwards (nothing to save, deepcopy or resume)."""
+    """The recorded alphas are the ones each DABN layer computed, detached: a training step inside
+    an EventStorage gives bit-identical losses and gradients to one outside, and no recording state
+    is left afterwards (no forward hook, no sink: nothing to save, deepcopy or resume)."""
     import copy
     model = _model().train()
     twin = copy.deepcopy(model)
@@ -113,3 +113,4 @@ def test_logging_changes_no_loss_or_gradient_and_leaves_no_hook():
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
     assert not [m for m in model.modules() if m._forward_hooks]
+    assert not [m for m in model.modules() if getattr(m, "weights_sink", None) is not None]

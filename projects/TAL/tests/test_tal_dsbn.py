@@ -6,7 +6,7 @@ from torch import nn
 
 import plugins  # noqa: F401
 from plugins.dsbn import (ADAPTIVE, AVERAGE, DOMAIN, EXPERT, SHARED, DABN2d, DSBN2d, convert_dsbn,
-                          norm_layers, norm_route)
+                          norm_layers, norm_route, record_domain_weights)
 
 K, C = 3, 32
 
@@ -122,6 +122,23 @@ def test_dabn_is_the_attention_weighted_sum_of_expert_outputs():
         layer(x).square().sum().backward()
     assert all(e.weight.grad.abs().sum() > 0 for e in layer.experts)
     assert w1.weight.grad.abs().sum() > 0
+
+
+def test_recorded_domain_weights_are_the_alphas_the_layers_used():
+    """record_domain_weights collects the alpha (Eq. 6) of every ADAPTIVE pass, in call order and
+    detached, without changing the output; other routes and passes outside the block record nothing."""
+    layers = nn.Sequential(_layer(seed=0), _layer(seed=1)).eval()
+    x = torch.randn(4, C, 3, 2)
+    with norm_route(layers, ADAPTIVE):
+        plain, hidden = layers(x), layers[0](x)
+        with record_domain_weights(layers) as alphas:
+            out = layers(x)
+    assert torch.equal(out, plain) and len(alphas) == 2 and not any(a.requires_grad for a in alphas)
+    assert torch.equal(alphas[0], layers[0].domain_weights(x).detach())
+    assert torch.equal(alphas[1], layers[1].domain_weights(hidden).detach())
+    with norm_route(layers, AVERAGE), record_domain_weights(layers) as none:
+        layers(x)
+    assert none == [] and all(m.weights_sink is None for m in layers)
 
 
 def test_dabn_starts_as_the_average_and_shared_bn_is_a_plain_bn():
