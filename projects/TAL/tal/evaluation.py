@@ -31,13 +31,13 @@ from fastreid.utils import comm
 
 from plugins.distributed import broadcast_object
 from plugins.evaluation import DEFAULT_CHUNK_SIZE, DGReidEvaluator, evaluate_rank_dist_fn
-from plugins.evaluation.feature_store import FeatureStore, FeatureStoreError, MappedRows, TensorRows, as_rows
+from plugins.evaluation.feature_store import (DTYPES, FeatureStore, FeatureStoreError, MappedRows, TensorRows,
+                                              as_rows)
 from plugins.evaluation.gather import CHUNK_BYTES, gather_rows
 from .qaconv import blockwise_scores
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
 STORE_HINT = "set TAL.EVAL.STORE_DIR to a writable directory with room for the test maps"
 
 
@@ -119,10 +119,12 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
     else:
         cache = _copy_rows(g_src, 0, resident, device, io_rows)
     stats = {"resident_rows": resident, "resident_bytes": resident * row_bytes, "streamed_rows": 0}
-    g_global = None
-    if 0 < topk < num_g:   # the shortlist's global descriptors [G, Dg], float32 on the device
-        g_global = torch.cat([g_src.block(s, min(num_g, s + io_rows))[:, :dg].to(device, torch.float32)
-                              for s in range(0, num_g, io_rows)])
+
+    def global_rows(src, a, b):   # global descriptors of rows a..b-1 [b - a, Dg], float32 on the device
+        return torch.cat([src.block(s, min(b, s + io_rows))[:, :dg].to(device, torch.float32)
+                          for s in range(a, b, io_rows)])
+    # the shortlist's global descriptors of the gallery [G, Dg]
+    g_global = global_rows(g_src, 0, num_g) if 0 < topk < num_g else None
 
     def gallery_block(g0, g1):   # split features of gallery rows g0..g1-1
         if g1 <= resident:
@@ -157,9 +159,7 @@ def qaconv_dist_fn(model, q_flat, g_flat, memory_mb=1024, topk=0, gallery_on_dev
         return blockwise_scores(score, c, num_g, pair_bytes, memory_mb, bytes_per_item=item_bytes).neg_()
 
     def shortlist(a, c, k):
-        q_global = torch.cat([q_src.block(s, min(a + c, s + io_rows))[:, :dg].to(device, torch.float32)
-                              for s in range(a, a + c, io_rows)])
-        gdist = 1.0 - q_global @ g_global.t()                              # cosine, in [0, 2]
+        gdist = 1.0 - global_rows(q_src, a, a + c) @ g_global.t()           # cosine, in [0, 2]
         cand = gdist.topk(k, dim=1, largest=False).indices                  # [c, k]
         rows = max(1, int(memory_mb * 2 ** 20 // (k * (pair_bytes + map_bytes))))
         short = torch.empty(c, k, device=device)

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 def extract_all(cfg, model, items, store=None):
     """The model's flat eval outputs for training items (test transforms, in item order): one
     tensor, or appended batch by batch to `store` (a FeatureStore, returned). For the graph, only
-    process 0 calls it under DDP (GraphSamplerHook broadcasts the distances)."""
+    process 0 calls it under DDP (GraphSamplerHook broadcasts the graph built from them)."""
     data = DGCommDataset(items, build_transforms(cfg, is_train=False), relabel=False)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False,
                                          num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -146,7 +146,8 @@ class TALTrainer(DGTrainer):
 
     def graph_distance(self, indices):
         """All-pairs matching distance (-logits of the test streams) between training images
-        (process 0 only under DDP: GraphSamplerHook broadcasts it). Memory as evaluation's
+        (process 0 only under DDP: GraphSamplerHook broadcasts the neighbour table built from it).
+        Memory as evaluation's
         (tal.evaluation): the maps go to an on-disk store (TAL.EVAL.FEATURE_DTYPE, in a temporary
         directory of TAL.EVAL.STORE_DIR, removed afterwards) and are scored under TAL.EVAL.MEMORY_MB
         with at most TAL.EVAL.DEVICE_MEMORY_MB of them resident on the device."""
