@@ -168,7 +168,7 @@ def ivf_cells(n, nlist=0, nprobe=0):
     return nlist, max(1, min(nlist, nprobe or cells // 16))
 
 
-def _faiss_index(d, lib, device, n, params=None):
+def _faiss_index(d, lib, device, n, params=None, k=1):
     import faiss
     params = params or INDEX_PARAMS.get(lib, {})
     if lib == "faiss-hnsw":
@@ -177,6 +177,10 @@ def _faiss_index(d, lib, device, n, params=None):
         return index
     if lib == "faiss-ivf":
         nlist, nprobe = ivf_cells(n, params["nlist"], params["nprobe"])
+        if nprobe * n < k * nlist:
+            warnings.warn(f"IVF k-NN: {nprobe} of {nlist} cells probed over {n} items find about "
+                          f"{nprobe * n // nlist} candidates a query, fewer than k = {k}: lists come back "
+                          "short (-1 entries); raise nprobe or lower nlist (0 = derived from N)", stacklevel=4)
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
         index.nprobe = nprobe
         return index
@@ -186,13 +190,7 @@ def _faiss_index(d, lib, device, n, params=None):
 
 def _knn_faiss(x, k, lib, device, params=None):
     n, d = x.shape
-    if lib == "faiss-ivf":
-        nlist, nprobe = ivf_cells(n, (params or {}).get("nlist", 0), (params or {}).get("nprobe", 0))
-        if nprobe * n < k * nlist:
-            warnings.warn(f"IVF k-NN: {nprobe} of {nlist} cells probed over {n} items find about "
-                          f"{nprobe * n // nlist} candidates a query, fewer than k = {k}: lists come back "
-                          "short (-1 entries); raise nprobe or lower nlist (0 = derived from N)", stacklevel=3)
-    index = _faiss_index(d, lib, device, n, params)
+    index = _faiss_index(d, lib, device, n, params, k)
     if not index.is_trained:
         index.train(x)
     index.add(x)
