@@ -86,11 +86,10 @@ def recall_at_k(idx, exact):
 
 
 def _status_gb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 2 ** 20
-    return float("nan")
+    """/proc/self/status `field` (VmRSS, VmHWM) in GB; NaN where the kernel does not report it."""
+    from tools.bench_evaluator import _status_kb
+    kb = _status_kb(field)
+    return float("nan") if kb is None else kb / 2 ** 20
 
 
 def measure(features_file, method, params, out_file, clustering=CLUSTERING):
