@@ -1,5 +1,6 @@
 """train -> checkpoint -> --resume -> --eval-only end to end on the tiny synthetic benchmark, and
 bad input that must fail clearly."""
+import json
 import os
 
 import pytest
@@ -23,6 +24,11 @@ def test_train_resume_eval_only(synthetic_root, tmp_path):
     saved = results_json(out)
     assert set(saved["splits"]) == {"SynthDomain3", "SynthDomain0"}
     assert "average" in saved["targets"]
+    logged = {}   # the last value of each scalar in metrics.json: the final evaluation's (MetricsJSONWriter)
+    for line in (out / "metrics.json").read_text().splitlines():
+        logged.update(json.loads(line))
+    for target in ("SynthDomain3", "SynthDomain0"):
+        assert logged[f"{target}/mAP"] == pytest.approx(results[target]["mAP"], abs=1e-6)
     evaluated = run_train_net(BASELINE, tmp_path / "eval", synthetic_root, "MODEL.WEIGHTS",
                               str(out / "model_final.pth"), flags=["--eval-only"])
     for target in ("SynthDomain3", "SynthDomain0"):
@@ -64,7 +70,6 @@ def test_eval_only_without_weights_fails_clearly(synthetic_root, tmp_path):
 def test_iters_per_epoch_fixes_the_run_length(synthetic_root, tmp_path):
     """SOLVER.ITERS_PER_EPOCH overrides one pass over the training set (the data loader is
     infinite), so runs on training sets of different sizes get the same number of iterations."""
-    import json
     run_train_net(BASELINE, tmp_path, synthetic_root, "SOLVER.MAX_EPOCH", "2", "SOLVER.ITERS_PER_EPOCH", "7",
                   "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2")
     with open(tmp_path / "metrics.json") as f:

@@ -296,8 +296,9 @@ EVAL_BLOCK = "DG evaluation (mean ± std over splits):"
 def eval_points(log_text, target, metric="mAP"):
     """[(epoch, value)] of `metric` on `target` from the evaluation tables of a run's log.txt,
     the k-th table being epoch k (the run evaluated every epoch: TEST.EVAL_PERIOD 1). The log,
-    not metrics.json: fastreid's JSONWriter drops scalars put at the iteration it has just written,
-    which is where an epoch-end evaluation lands when the epoch length is a multiple of 20."""
+    not metrics.json: fastreid's JSONWriter, which wrote it before plugins.engine.metrics, dropped
+    scalars put at the iteration it had just written, where an epoch-end evaluation lands when the
+    epoch length is a multiple of 20; the log holds every evaluation of old runs and new ones."""
     out = []
     for epoch, block in enumerate(log_text.split(EVAL_BLOCK)[1:], 1):
         lines = [ln for ln in block.splitlines()[1:] if ln.startswith("|")]

@@ -1,7 +1,8 @@
 """Proof that a method's mechanism acted in a run (issue #21 item 5), read from the run's own
-files: OUTPUT_DIR/metrics.json (fastreid's JSONWriter: one JSON object per write, every 20
-iterations, holding each scalar's latest value, or its median over the last 20 iterations when it
-was put with smoothing_hint True, fastreid's default), dg_results.json (evaluation results), log.txt
+files: OUTPUT_DIR/metrics.json (plugins.engine.metrics.MetricsJSONWriter, fastreid's format: one
+JSON object per write and iteration, every 20 iterations and after each evaluation, holding each
+scalar's latest value, or its median over the last 20 iterations when it was put with
+smoothing_hint True, fastreid's default), dg_results.json (evaluation results), log.txt
 and pseudo-label files.
 
 Each diagnostic is `fn(run_dir) -> {"values": {name: number}, "acted": True | False | None,

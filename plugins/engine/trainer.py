@@ -36,7 +36,7 @@ from fastreid.utils.events import EventStorage
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_lr_scheduler
 from fastreid.utils import comm
-from fastreid.utils.events import CommonMetricPrinter, JSONWriter
+from fastreid.utils.events import CommonMetricPrinter
 
 from datasets_ext.bases import expand_test_names
 from plugins.checkpoint import StrictCheckpointer
@@ -44,6 +44,7 @@ from plugins.data.batching import epoch_length
 from plugins.data.build import build_dg_test_loader, build_dg_train_loader
 from plugins.registry import TEST_ADAPTERS, TRAINER_REGISTRY
 
+from .metrics import MetricsJSONWriter
 from .optim import build_optimizer
 from .resume import ResumeCheckpointer, RNGStates
 from .step import DGStep
@@ -243,7 +244,7 @@ class DGTrainer(DefaultTrainer):
 
     def build_writers(self):
         writers = [CommonMetricPrinter(self.max_iter),
-                   JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+                   MetricsJSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]   # with every evaluation
         try:
             from fastreid.utils.events import TensorboardXWriter
             import torch.utils.tensorboard  # noqa: F401
