@@ -72,7 +72,12 @@ def test_summarize_table_verdicts_diagnostics_and_notes(tmp_path):
     assert "| good | base | 3 | 46.0 ± 1.1 | 56.0 ± 1.1 | +5.0 [+4.8, +5.2] | better | ratio 0.5 |" in md
     compare.write_plot("T", entries, str(tmp_path / "t.png"))
     img = cv2.imread(str(tmp_path / "t.png"))
-    assert img.shape[1] == 130 * 3 + 90
+    assert img.shape[:2] == (380, 600)                    # 1.6 in per compared row + 1.2, at 100 dpi
+    img = img[:, :, ::-1].reshape(-1, 3)                  # RGB pixels
+    colours = {tuple(int(c) for c in px) for px in img[::7]}
+    assert (0x3c, 0xa0, 0x3c) in colours                  # "good": better, green
+    assert (0xa0, 0xa0, 0xa0) in colours                  # "idle" / "other": grey
+    assert (0xc8, 0x3c, 0x3c) not in colours              # no row is worse
 
 
 def test_diagnostics_of_seeds_that_disagree_say_how_many_seeds_each_reason_held():

@@ -257,36 +257,36 @@ def table_markdown(title, entries, metric="mAP"):
     return "\n".join(lines)
 
 
-def write_plot(title, entries, path):
-    """Bars: each row's mean mAP difference to its reference with the 95% CI as whiskers (OpenCV)."""
-    import cv2
-    rows = [e for e in entries if e["comparison"] is not None]
-    w, h, left, bottom = 130 * max(1, len(rows)) + 90, 340, 60, 70
-    img = np.full((h, w, 3), 255, np.uint8)
-    ext = [abs(x) for e in rows for x in (e["comparison"]["mean"], e["comparison"]["low"], e["comparison"]["high"])
-           if not math.isnan(x)]
-    top = max([1.0] + ext) * 1.1
-    zero = (h - bottom + 30) // 2
-    scale = (zero - 30) / top
+VERDICT_COLOURS = {"better": "#3ca03c", "worse": "#c83c3c"}   # other verdicts: grey
 
-    def y(v):
-        return int(zero - v * scale)
-    cv2.putText(img, title[:int(w / 7)], (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    cv2.line(img, (left, zero), (w - 10, zero), (0, 0, 0), 1)
-    for t in (-top / 1.1, 0.0, top / 1.1):
-        cv2.putText(img, f"{t:+.1f}", (3, y(t) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    for i, e in enumerate(rows):
-        c, x = e["comparison"], left + 20 + i * 130
-        colour = {"better": (60, 160, 60), "worse": (60, 60, 200)}.get(e["verdict"], (160, 160, 160))
-        cv2.rectangle(img, (x, min(y(c["mean"]), zero)), (x + 60, max(y(c["mean"]), zero)), colour, -1)
-        if not math.isnan(c["low"]):
-            cv2.line(img, (x + 30, y(c["low"])), (x + 30, y(c["high"])), (0, 0, 0), 1)
-            for v in (c["low"], c["high"]):
-                cv2.line(img, (x + 22, y(v)), (x + 38, y(v)), (0, 0, 0), 1)
-        cv2.putText(img, e["name"][:16], (x - 10, h - bottom + 40), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
-        cv2.putText(img, f"vs {e['against']}"[:18], (x - 10, h - bottom + 56), cv2.FONT_HERSHEY_SIMPLEX, 0.33,
-                    (80, 80, 80), 1)
-    cv2.imwrite(path, img)
+
+def _figure(width, height):
+    from matplotlib.figure import Figure   # no pyplot: no global state, no display backend
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def write_plot(title, entries, path, metric="mAP"):
+    """Bars (matplotlib): each compared row's mean paired difference in `metric` to its reference
+    row, with the 95% CI as error bars (none with one seed); green = better, red = worse, grey = no
+    detectable difference / did not act / not comparable. Rows without a reference are left out."""
+    import textwrap
+    rows = [e for e in entries if e["comparison"] is not None]
+    width = 1.6 * max(2, len(rows)) + 1.2
+    fig, ax = _figure(width, 3.8)
+    means = [e["comparison"]["mean"] for e in rows]
+    err = [[m - e["comparison"]["low"] for m, e in zip(means, rows)],
+           [e["comparison"]["high"] - m for m, e in zip(means, rows)]]
+    colours = [VERDICT_COLOURS.get(e["verdict"], "#a0a0a0") for e in rows]
+    ax.bar(range(len(rows)), means, yerr=err, capsize=6, color=colours, edgecolor="black", linewidth=0.5)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)), [f"{e['name']}\nvs {e['against']}" for e in rows], fontsize=8)
+    ax.set_ylabel(f"Δ {metric} (points), 95% CI")
+    ax.set_title("\n".join(textwrap.wrap(title, int(14 * width))), fontsize=9)
+    ax.set_xlabel("green: better, red: worse, grey: no detectable difference / did not act / not comparable",
+                  fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path)
 
 
 # ------------------------------------------------------------------ learning curve
@@ -323,28 +323,20 @@ def plateau_epoch(points, fraction=PLATEAU):
     return next(e for e, v in points if v >= fraction * best)
 
 
-def write_curve_plot(curves, path):
-    """curves: {label: [(epoch, value)]}: lines with markers (OpenCV)."""
-    import cv2
-    w, h, left, bottom = 520, 320, 50, 40
-    img = np.full((h, w, 3), 255, np.uint8)
-    pts = [p for c in curves.values() for p in c]
-    max_e, top = max([1] + [e for e, _ in pts]), max([1.0] + [v for _, v in pts]) * 1.05
-    cv2.line(img, (left, h - bottom), (w - 10, h - bottom), (0, 0, 0), 1)
-    cv2.line(img, (left, 10), (left, h - bottom), (0, 0, 0), 1)
-    for t in np.linspace(0, top, 5):
-        yy = int(h - bottom - t / top * (h - bottom - 10))
-        cv2.putText(img, f"{t:.0f}", (5, yy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(img, "epoch", (w - 60, h - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    colours = [(200, 120, 40), (60, 160, 60), (60, 60, 200), (160, 60, 160)]
-    for j, (label, c) in enumerate(curves.items()):
-        xy = [(int(left + e / max_e * (w - left - 20)), int(h - bottom - v / top * (h - bottom - 10))) for e, v in c]
-        for a, b in zip(xy, xy[1:]):
-            cv2.line(img, a, b, colours[j % 4], 2)
-        for p in xy:
-            cv2.circle(img, p, 3, colours[j % 4], -1)
-        cv2.putText(img, label, (left + 10, 20 + 16 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colours[j % 4], 1)
-    cv2.imwrite(path, img)
+def write_curve_plot(curves, path, plateau=None):
+    """curves: {label: [(epoch, value)]}: one line with markers per curve (matplotlib); `plateau`:
+    the chosen budget's epoch, marked by a dashed vertical line."""
+    fig, ax = _figure(6.0, 3.6)
+    for label, c in curves.items():
+        ax.plot([e for e, _ in c], [v for _, v in c], marker="o", label=label)
+    if plateau is not None:
+        ax.axvline(plateau, color="grey", linestyle="--", linewidth=1, label=f"budget (epoch {plateau})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
 
 
 def learning_curve(root, out, epochs, iters_per_epoch=56, warmup_iters=20, workers=0, seed=0, opts=()):
@@ -361,7 +353,7 @@ def learning_curve(root, out, epochs, iters_per_epoch=56, warmup_iters=20, worke
            "iters_per_epoch": iters_per_epoch, "plateau_fraction": PLATEAU, "machine": machine()}
     with open(os.path.join(out, "curve.json"), "w") as f:
         json.dump(res, f, indent=1)
-    write_curve_plot(curves, os.path.join(out, "curve.png"))
+    write_curve_plot(curves, os.path.join(out, "curve.png"), res["plateau_epoch"])
     for f in glob.glob(os.path.join(run, "*.pth")):
         os.remove(f)
     return res
