@@ -44,9 +44,11 @@ mutants: setup
 bench: setup
 	$(PY) -m tools.bench
 
-# each paper's ablation + every method beside the baseline, 3 seeds (~3.5 h on 2 cores, resumable)
+# each paper's ablation + every method beside the baseline (~2 h on 2 quiet cores for 3 seeds,
+# ~3.3 h for 5; resumable: more seeds later on the same --out add runs)
+COMPARE_SEEDS ?= 0 1 2
 compare: setup
-	$(PY) -m tools.compare --root $(DATA)/compare --out output/compare
+	$(PY) -m tools.compare --root $(DATA)/compare --out output/compare --seeds $(COMPARE_SEEDS)
 
 # the methods table only (~1 h on 2 cores)
 compare-quick: setup

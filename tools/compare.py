@@ -12,9 +12,9 @@ Tables (written to --out as report.md, results.md, results.json and one plot per
 - each project's `COMPARE.ablations` (tools.Ablation): the paper's table, every row against the row
   the paper compares it with (`Row.against`).
 `--quick` runs the methods table only (about an hour on 2 cores); the full run adds the ablations
-(about 3.5 h on 2 cores at the default budget). Both are resumable: each run is recorded in
-runs.json as it finishes and skipped when found; a run shared by several tables (same config and
-overrides) is trained once.
+(about 2 h on 2 quiet cores at the default budget and 3 seeds, 3.3 h with 5). Both are resumable:
+each run is recorded in runs.json as it finishes and skipped when found; a run shared by several
+tables (same config and overrides) is trained once.
 
 Statistics (tools.compare_stats): per-seed differences to the reference row (same seed), their mean
 with a 95% Student-t interval, and a verdict: better / worse / no detectable difference at this
