@@ -8,8 +8,8 @@ metrics.json lacked those evaluations, the final one always.
 
 `MetricsJSONWriter` keeps fastreid's format (one JSON object per write and iteration, appended) and
 decides per scalar: a value is written when the scalar was put since it was last written (its
-history grew, or its iteration is newer); closing writes what is still pending. An evaluation put at an iteration already
-written therefore gets a second line with the same "iteration". Readers that take the last value
+history grew, or its iteration is newer); closing writes what is still pending. An evaluation put
+at an iteration already written therefore gets a second line with the same "iteration". Readers that take the last value
 of a key per line (jq, `tools.diagnostics.read_metrics`) read it as before.
 """
 import json
@@ -36,7 +36,6 @@ class MetricsJSONWriter(JSONWriter):
                 self._written[k] = mark
         for itr in sorted(to_save):
             self._file_handle.write(json.dumps({**to_save[itr], "iteration": itr}, sort_keys=True) + "\n")
-            self._last_write = max(self._last_write, itr)
         self._file_handle.flush()
         try:
             os.fsync(self._file_handle.fileno())
